@@ -1,0 +1,1 @@
+"""Shared data layer: SQLAlchemy models, engine/session factories, migrations."""

@@ -1,0 +1,161 @@
+"""Live state shared through Redis: the leaderboard cache, event sequence numbers, channels.
+
+PostgreSQL stays the source of truth. Workers update this cache after they commit, and the
+realtime servers read it; every write is guarded by the team row's version so updates that
+arrive out of order (two queues finishing for one team) can never move a team backwards,
+and a rebuild from PostgreSQL is always safe.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from settings import Settings
+
+# KEYS: zset, hash. ARGV: team id, version, member, points, name, visible.
+_UPDATE = """
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+if cur then
+  local old = cjson.decode(cur)
+  if tonumber(old['v']) >= tonumber(ARGV[2]) then return 0 end
+  redis.call('ZREM', KEYS[1], old['m'])
+end
+if ARGV[6] == '1' then
+  redis.call('ZADD', KEYS[1], -tonumber(ARGV[4]), ARGV[3])
+end
+redis.call('HSET', KEYS[2], ARGV[1],
+  cjson.encode({v = tonumber(ARGV[2]), m = ARGV[3], p = tonumber(ARGV[4]), n = ARGV[5]}))
+return 1
+"""
+
+# KEYS: zset, hash. ARGV: limit. Returns a flat list: name, points, name, points, ...
+_TOP = """
+local members = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local out = {}
+for _, m in ipairs(members) do
+  local id = string.match(m, ':(%d+)$')
+  local row = cjson.decode(redis.call('HGET', KEYS[2], tostring(tonumber(id))))
+  table.insert(out, row['n'])
+  table.insert(out, row['p'])
+end
+return out
+"""
+
+# A sequence that survives a Redis restart: a fresh counter starts from the clock in
+# microseconds, which is above any value handed out before the restart.
+_SEQ = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1]) end
+return redis.call('INCRBY', KEYS[1], ARGV[2])
+"""
+
+
+@dataclass(frozen=True)
+class Standing:
+    team_id: int
+    name: str
+    points: int
+    version: int
+    reached_at: datetime
+    visible: bool = True
+
+
+def _member(standing: Standing) -> str:
+    micros = int(standing.reached_at.timestamp() * 1_000_000)
+    return f"{micros:017d}:{standing.team_id}"
+
+
+def iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Live:
+    """Redis-backed live state for one process; cheap to share across threads."""
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        self.prefix = settings.redis_prefix
+        self.redis = client or redis.Redis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
+        )
+        self._update = self.redis.register_script(_UPDATE)
+        self._top = self.redis.register_script(_TOP)
+        self._seq = self.redis.register_script(_SEQ)
+
+    @property
+    def changes_channel(self) -> str:
+        return f"{self.prefix}:changes"
+
+    @property
+    def jobs_channel(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    @property
+    def socketio_channel(self) -> str:
+        return f"{self.prefix}:socketio"
+
+    def _keys(self, competition_id: int) -> list[str]:
+        return [f"{self.prefix}:lb:{competition_id}", f"{self.prefix}:lbt:{competition_id}"]
+
+    def update(self, competition_id: int, standings: list[Standing]) -> None:
+        if not standings:
+            return
+        keys = self._keys(competition_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for s in standings:
+            self._update(
+                keys=keys,
+                args=[s.team_id, s.version, _member(s), s.points, s.name, "1" if s.visible else "0"],
+                client=pipe,
+            )
+        pipe.execute()
+
+    def top(self, competition_id: int, limit: int) -> list[dict[str, Any]]:
+        flat = self._top(keys=self._keys(competition_id), args=[limit])
+        return [
+            {"rank": i + 1, "teamName": _text(flat[2 * i]), "points": int(flat[2 * i + 1])}
+            for i in range(len(flat) // 2)
+        ]
+
+    def has_board(self, competition_id: int) -> bool:
+        return bool(self.redis.exists(self._keys(competition_id)[1]))
+
+    def clear(self, competition_id: int) -> None:
+        self.redis.delete(*self._keys(competition_id))
+
+    def next_seq(self, competition_id: int, count: int = 1) -> int:
+        """Reserve ``count`` sequence numbers; returns the first. Every event gets its own."""
+        last = int(self._seq(keys=[f"{self.prefix}:seq:{competition_id}"],
+                             args=[int(time.time() * 1_000_000), count]))
+        return last - count + 1
+
+    def publish_changes(self, message: dict[str, Any]) -> None:
+        self.redis.publish(self.changes_channel, json.dumps(message))
+
+    def publish_job_done(self, job_id: str, status: str) -> None:
+        self.redis.publish(self.jobs_channel, f"{job_id} {status}")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def team_room(owner_hash: bytes) -> str:
+    """The private room of whoever holds a token; known before the team row exists."""
+    return "team:" + owner_hash.hex()[:32]
+
+
+def competition_room(slug: str) -> str:
+    return "competition:" + slug
+
+
+def organisers_room(slug: str) -> str:
+    return "organisers:" + slug

@@ -1,0 +1,1 @@
+"""python-socketio server: connect/auth, rooms, coalesced leaderboard broadcasts."""

@@ -1,0 +1,224 @@
+"""The Socket.IO application: who may connect, which rooms they join, what they are sent."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import socketio
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.db import make_engine, make_sessionmaker
+from models.live import Live, competition_room, iso, organisers_room, team_room, utcnow
+from models.ranking import all_standings
+from models.tables import Competition, Job, Team
+from realtime.server import Runtime
+from settings import Settings
+
+log = logging.getLogger("realtime")
+
+
+@dataclass(frozen=True)
+class CompetitionInfo:
+    id: int
+    slug: str
+    leaderboard_size: int
+
+
+class Directory:
+    """Database look-ups for connecting clients, run off the event loop and cached briefly."""
+
+    TTL = 30.0
+
+    def __init__(self, sessions: sessionmaker[Session], runtime: Runtime) -> None:
+        self.sessions = sessions
+        self.runtime = runtime
+        self._competitions: dict[str, tuple[float, CompetitionInfo | None]] = {}
+
+    def competition(self, slug: str) -> CompetitionInfo | None:
+        cached = self._competitions.get(slug)
+        if cached and time.monotonic() - cached[0] < self.TTL:
+            return cached[1]
+        info = self.runtime.blocking(self._load_competition, slug)
+        self._competitions[slug] = (time.monotonic(), info)
+        return info
+
+    def _load_competition(self, slug: str) -> CompetitionInfo | None:
+        with self.sessions() as session:
+            c = session.scalar(select(Competition).where(Competition.slug == slug))
+            return None if c is None else CompetitionInfo(c.id, c.slug, c.leaderboard_size)
+
+    def token_known(self, competition_id: int, digest: bytes) -> bool:
+        """A team token, or the token of a registration still in the queue."""
+        return self.runtime.blocking(self._token_known, competition_id, digest)
+
+    def _token_known(self, competition_id: int, digest: bytes) -> bool:
+        with self.sessions() as session:
+            team = session.scalar(select(Team.competition_id).where(Team.token_hash == digest))
+            if team is not None:
+                return team == competition_id
+            pending = session.scalar(
+                select(Job.id).where(Job.owner_hash == digest, Job.competition_id == competition_id,
+                                     Job.kind == "register").limit(1)
+            )
+            return pending is not None
+
+    def rebuild_board(self, competition_id: int, live: Live) -> None:
+        def rebuild() -> None:
+            with self.sessions() as session:
+                live.update(competition_id, all_standings(session, competition_id))
+
+        self.runtime.blocking(rebuild)
+
+
+@dataclass
+class _Pending:
+    info: CompetitionInfo
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    seq: int = 0
+    at: str = ""
+    last_emit: float = float("-inf")
+    timer: bool = False
+
+
+class Coalescer:
+    """Public leaderboard broadcasts, at most one per interval per competition.
+
+    The first change after a quiet spell goes out at once; later ones are merged, and the
+    trailing broadcast reads the leaderboard fresh, so the last one always shows the final
+    standings. Each realtime process does this for its own clients (``ignore_queue``).
+    """
+
+    def __init__(self, sio: socketio.Server, live: Live, directory: Directory, runtime: Runtime,
+                 interval: float) -> None:
+        self.sio = sio
+        self.live = live
+        self.directory = directory
+        self.runtime = runtime
+        self.interval = interval
+        self.pending: dict[int, _Pending] = {}
+
+    def on_message(self, message: dict[str, Any]) -> None:
+        slug = message["competition"]
+        state = self.pending.get(message["competitionId"])
+        if state is None:
+            info = self.directory.competition(slug)
+            if info is None:
+                return
+            state = self.pending[info.id] = _Pending(info)
+        state.changes.extend(message["changes"])
+        if message["seq"] > state.seq:
+            state.seq, state.at = message["seq"], message["at"]
+        if state.timer:
+            return
+        wait = state.last_emit + self.interval - time.monotonic()
+        if wait <= 0:
+            self.flush(state)
+        else:
+            state.timer = True
+            self.runtime.spawn(self._flush_later, state, wait)
+
+    def _flush_later(self, state: _Pending, wait: float) -> None:
+        self.runtime.sleep(wait)
+        state.timer = False
+        self.flush(state)
+
+    def flush(self, state: _Pending) -> None:
+        if not state.changes:
+            return
+        changes, state.changes = state.changes, []
+        state.last_emit = time.monotonic()
+        payload = {
+            "competition": state.info.slug,
+            # Numbered when sent, so every client sees increasing numbers whatever was merged.
+            "seq": self.live.next_seq(state.info.id),
+            "at": state.at,
+            "leaderboard": self.live.top(state.info.id, state.info.leaderboard_size),
+            "changes": changes,
+        }
+        self.sio.emit("leaderboard_update", payload, room=competition_room(state.info.slug), ignore_queue=True)
+
+    def listen(self) -> None:
+        while True:
+            try:
+                pubsub = self.live.redis.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.live.changes_channel)
+                for message in pubsub.listen():
+                    if isinstance(message.get("data"), bytes):
+                        try:
+                            self.on_message(json.loads(message["data"]))
+                        except Exception:
+                            log.exception("bad change message")
+            except Exception:
+                log.warning("lost the changes channel; reconnecting", exc_info=True)
+                self.runtime.sleep(0.5)
+
+
+def create_realtime(settings: Settings, runtime: Runtime) -> Any:
+    """Build the Socket.IO server and return the WSGI app that serves it."""
+    live = Live(settings)
+    engine = make_engine(settings, pool_size=4)
+    directory = Directory(make_sessionmaker(engine), runtime)
+    manager = socketio.RedisManager(settings.redis_url, channel=live.socketio_channel)
+    sio = socketio.Server(
+        async_mode=settings.realtime_async_mode,
+        client_manager=manager,
+        cors_allowed_origins=list(settings.cors_origins) or "*",
+        ping_interval=25,
+        ping_timeout=20,
+        max_http_buffer_size=16 * 1024,
+    )
+    coalescer = Coalescer(sio, live, directory, runtime, settings.broadcast_interval)
+
+    def snapshot(info: CompetitionInfo) -> dict[str, Any]:
+        if not live.has_board(info.id):
+            directory.rebuild_board(info.id, live)
+        seq = live.next_seq(info.id)
+        return {
+            "competition": info.slug,
+            "seq": seq,
+            "at": iso(utcnow()),
+            "leaderboard": live.top(info.id, info.leaderboard_size),
+            "changes": [],
+        }
+
+    @sio.event
+    def connect(sid: str, environ: dict[str, Any], auth: Any) -> None:
+        auth = auth if isinstance(auth, dict) else {}
+        slug = auth.get("competition")
+        if not isinstance(slug, str) or not slug:
+            raise socketio.exceptions.ConnectionRefusedError("auth.competition is required")
+        info = directory.competition(slug)
+        if info is None:
+            raise socketio.exceptions.ConnectionRefusedError(f"unknown competition {slug!r}")
+        token = auth.get("token")
+        rooms = [competition_room(slug)]
+        if token is not None:
+            if not isinstance(token, str) or not token:
+                raise socketio.exceptions.ConnectionRefusedError("auth.token must be a string")
+            if hmac.compare_digest(token.encode(), settings.admin_token.encode()):
+                rooms.append(organisers_room(slug))
+            else:
+                digest = hashlib.sha256(token.encode()).digest()
+                if not directory.token_known(info.id, digest):
+                    raise socketio.exceptions.ConnectionRefusedError("invalid token")
+                rooms.append(team_room(digest))
+        for room in rooms:
+            sio.enter_room(sid, room)
+        sio.emit("leaderboard_update", snapshot(info), to=sid, ignore_queue=True)
+
+    def health(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ.get("PATH_INFO") in ("/healthz", "/readyz"):
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [b'{"status":"ok"}']
+        start_response("404 Not Found", [("Content-Type", "application/problem+json")])
+        return [b'{"type":"about:blank","title":"Not found","status":404}']
+
+    sio.start_background_task(coalescer.listen)
+    return socketio.WSGIApp(sio, health)

@@ -1,0 +1,127 @@
+"""The one place that reads the environment.
+
+Every process builds a ``Settings`` once at start-up (``Settings.from_env()``) and passes it
+down; no other module touches ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+DEV_ADMIN_TOKEN = "dev-admin-token"
+
+
+class SettingsError(ValueError):
+    """The environment describes a configuration the system refuses to run with."""
+
+
+def _normalise_db_url(url: str) -> str:
+    # Operators paste libpq URLs; SQLAlchemy needs to be told to use psycopg 3.
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str = "development"
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/quiz"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    admin_token: str = DEV_ADMIN_TOKEN
+    board_queues: int = 4
+    mystery_shards: int = 1
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_workers: int = 2
+    api_threads: int = 32
+    realtime_host: str = "127.0.0.1"
+    realtime_port: int = 8001
+    realtime_async_mode: str = "eventlet"
+    flower_port: int = 5555
+    log_level: str = "INFO"
+    db_pool_size: int = 10
+    # Public leaderboard broadcasts per competition are coalesced into at most one per
+    # interval; see DESIGN.md "Why the public room is coalesced".
+    broadcast_interval: float = 0.25
+    leaderboard_size: int = 10
+    max_wait_seconds: int = 10
+    max_body_bytes: int = 65536
+    sweep_interval: float = 5.0
+    sweep_after: float = 15.0
+    cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    redis_prefix: str = "quiz"
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        environment = env.get("QUIZ_ENV", "development")
+        admin_token = env.get("ADMIN_TOKEN", "")
+        if not admin_token:
+            if environment == "production":
+                raise SettingsError("ADMIN_TOKEN must be set when QUIZ_ENV=production")
+            admin_token = DEV_ADMIN_TOKEN
+        elif environment == "production" and len(admin_token) < 16:
+            raise SettingsError("ADMIN_TOKEN must be at least 16 characters in production")
+        async_mode = env.get("REALTIME_ASYNC_MODE", "eventlet")
+        if async_mode not in ("eventlet", "gevent", "threading"):
+            raise SettingsError(f"REALTIME_ASYNC_MODE must be eventlet, gevent or threading, got {async_mode!r}")
+        origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
+        return cls(
+            environment=environment,
+            database_url=_normalise_db_url(env.get("DATABASE_URL", cls.database_url)),
+            redis_url=env.get("REDIS_URL", cls.redis_url),
+            admin_token=admin_token,
+            board_queues=_int(env, "BOARD_QUEUES", cls.board_queues, minimum=1),
+            mystery_shards=_int(env, "MYSTERY_SHARDS", cls.mystery_shards, minimum=1),
+            api_host=env.get("API_HOST", cls.api_host),
+            api_port=_int(env, "API_PORT", cls.api_port, minimum=1),
+            api_workers=_int(env, "API_WORKERS", cls.api_workers, minimum=1),
+            api_threads=_int(env, "API_THREADS", cls.api_threads, minimum=1),
+            realtime_host=env.get("REALTIME_HOST", cls.realtime_host),
+            realtime_port=_int(env, "REALTIME_PORT", cls.realtime_port, minimum=1),
+            realtime_async_mode=async_mode,
+            flower_port=_int(env, "FLOWER_PORT", cls.flower_port, minimum=1),
+            log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
+            db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size, minimum=1),
+            broadcast_interval=_float(env, "BROADCAST_INTERVAL", cls.broadcast_interval),
+            leaderboard_size=_int(env, "LEADERBOARD_SIZE", cls.leaderboard_size, minimum=1),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
+            sweep_interval=_float(env, "SWEEP_INTERVAL", cls.sweep_interval),
+            sweep_after=_float(env, "SWEEP_AFTER", cls.sweep_after),
+            cors_origins=origins,
+            redis_prefix=env.get("REDIS_PREFIX", cls.redis_prefix),
+        )
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)

@@ -1,0 +1,1 @@
+"""Falcon WSGI API: validates, authenticates, records jobs and enqueues them."""

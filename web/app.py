@@ -1,0 +1,49 @@
+"""The Falcon application factory."""
+
+from __future__ import annotations
+
+import logging
+
+import falcon
+from sqlalchemy.exc import IntegrityError
+
+from settings import Settings
+from web.deps import Deps
+from web.errors import Problem, register_error_handlers
+from web.middleware import ResponseHeaders, SessionScope
+from web.resources import game, health, organiser
+
+log = logging.getLogger(__name__)
+
+
+def _integrity_conflict(req: falcon.Request, resp: falcon.Response, ex: IntegrityError, params: dict) -> None:
+    # A constraint beat a concurrent request to it: the caller lost a race, not a server bug.
+    log.info("integrity conflict on %s %s: %s", req.method, req.path, ex.orig)
+    raise Problem(falcon.HTTP_409, "conflict", "Conflict", "the request conflicts with the current state; retry")
+
+
+def create_app(settings: Settings, deps: Deps | None = None) -> falcon.App:
+    deps = deps or Deps.create(settings)
+    app = falcon.App(middleware=[ResponseHeaders(settings), SessionScope(deps.sessions)])
+    app.req_options.strip_url_path_trailing_slash = True
+    app.resp_options.default_media_type = falcon.MEDIA_JSON
+    register_error_handlers(app)
+    app.add_error_handler(IntegrityError, _integrity_conflict)
+
+    base = "/api/v1"
+    comp = base + "/competitions/{slug}"
+    app.add_route("/healthz", health.Healthz())
+    app.add_route("/readyz", health.Readyz(deps))
+    app.add_route("/metrics", health.Metrics(deps))
+    app.add_route(base + "/competitions", organiser.Competitions(deps))
+    app.add_route(comp, organiser.CompetitionItem(deps))
+    app.add_route(comp + "/questions", organiser.Questions(deps))
+    app.add_route(comp + "/teams", game.Teams(deps))
+    app.add_route(comp + "/teams/me", game.TeamMe(deps))
+    app.add_route(comp + "/claims", game.Claims(deps))
+    app.add_route(comp + "/submissions", game.Submissions(deps))
+    app.add_route(comp + "/mystery-boxes", game.MysteryBoxes(deps))
+    app.add_route(comp + "/mystery-boxes/current", game.CurrentMysteryBox(deps))
+    app.add_route(comp + "/leaderboard", game.Leaderboard(deps))
+    app.add_route(base + "/jobs/{job_id:uuid}", game.JobItem(deps))
+    return app

@@ -1,0 +1,49 @@
+"""What the web process's resources need, built once per process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+import socketio
+from celery import Celery
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.db import make_engine, make_sessionmaker
+from models.live import Live
+from settings import Settings
+from web.waiter import JobWaiter
+from workers.celery_app import create_celery
+
+
+@dataclass
+class Deps:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    redis: redis.Redis
+    live: Live
+    celery: Celery
+    waiter: JobWaiter
+    sio: socketio.RedisManager
+
+    @classmethod
+    def create(cls, settings: Settings) -> Deps:
+        engine = make_engine(settings)
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
+                                      health_check_interval=30)
+        live = Live(settings, client)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_sessionmaker(engine),
+            redis=client,
+            live=live,
+            celery=create_celery(settings),
+            waiter=JobWaiter(
+                redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=30),
+                live.jobs_channel,
+            ),
+            sio=socketio.RedisManager(settings.redis_url, channel=live.socketio_channel, write_only=True),
+        )

@@ -1,0 +1,61 @@
+"""Cross-cutting request handling: the session per request and response headers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+from sqlalchemy.orm import Session, sessionmaker
+
+from settings import Settings
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class SessionScope:
+    """One session per request: committed when the responder succeeds, rolled back otherwise."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.session = self.sessions()
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any,
+                         req_succeeded: bool) -> None:
+        session: Session | None = getattr(req.context, "session", None)
+        if session is None:
+            return
+        try:
+            if req_succeeded:
+                session.commit()
+            else:
+                session.rollback()
+        finally:
+            session.close()
+
+
+class ResponseHeaders:
+    def __init__(self, settings: Settings) -> None:
+        self.origins = set(settings.cors_origins)
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any,
+                         req_succeeded: bool) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            if resp.get_header(name) is None:
+                resp.set_header(name, value)
+        origin = req.get_header("Origin")
+        if origin and ("*" in self.origins or origin in self.origins):
+            resp.set_header("Access-Control-Allow-Origin", origin)
+            resp.append_header("Vary", "Origin")
+            resp.set_header("Access-Control-Expose-Headers", "Location, Retry-After, Preference-Applied")
+            if req.method == "OPTIONS":
+                resp.set_header("Access-Control-Allow-Methods", "GET, POST, PATCH, PUT, DELETE, OPTIONS")
+                resp.set_header("Access-Control-Allow-Headers",
+                                "Authorization, Content-Type, Prefer, Idempotency-Key")
+                resp.set_header("Access-Control-Max-Age", "600")

@@ -1,0 +1,210 @@
+"""Team-facing resources: registration, claims, answers, mystery boxes, jobs, reads."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import falcon
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from models.live import iso, utcnow
+from models.ranking import leaderboard, rank_of
+from models.tables import Claim, Job, MysteryBox, Question, Submission
+from web.auth import bearer, is_admin, new_token, require_team, token_hash
+from web.deps import Deps
+from web.errors import Problem, invalid
+from web.media import read_body, write_json
+from web.resources.common import accept_job, get_competition, next_cursor, page_params
+from web.schemas import BuyMysteryBox, ClaimQuestion, RegisterTeam, SubmitAnswer
+from workers.publish import job_view
+from workers.routing import REGISTRATIONS, board_queue, mystery_queue
+
+
+def _clean(text: str, field: str) -> str:
+    cleaned = " ".join(text.split())
+    if not cleaned:
+        raise invalid(field, "must not be blank")
+    return cleaned
+
+
+class Teams:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        body = read_body(req, RegisterTeam, self.deps.settings.max_body_bytes)
+        session: Session = req.context.session
+        competition = get_competition(session, slug)
+        token = new_token()
+        payload = {
+            "teamName": _clean(body.team_name, "teamName"),
+            "members": [_clean(m, f"members[{i}]") for i, m in enumerate(body.members)],
+            "email": body.email,
+        }
+        accept_job(req, resp, self.deps, competition=competition, kind="register", queue=REGISTRATIONS,
+                   payload=payload, owner_hash=token_hash(token), team_id=None, extra={"teamToken": token})
+
+
+class TeamMe:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        session: Session = req.context.session
+        competition = get_competition(session, slug)
+        team = require_team(req, session, competition)
+        claims = session.execute(
+            select(Question.code, Question.points, Claim.claimed_at,
+                   exists().where(Submission.team_id == team.id, Submission.question_id == Question.id)
+                   .label("answered"))
+            .join(Claim, Claim.question_id == Question.id)
+            .where(Claim.team_id == team.id)
+            .order_by(Claim.claimed_at)
+        ).all()
+        box = session.execute(
+            select(MysteryBox, Question.code, Question.text, Question.options)
+            .join(Question, Question.id == MysteryBox.question_id)
+            .where(MysteryBox.team_id == team.id, MysteryBox.state == "open")
+        ).first()
+        now = utcnow()
+        write_json(resp, {
+            "teamId": team.id,
+            "teamName": team.name,
+            "members": team.members,
+            "email": team.email,
+            "points": team.points,
+            "rank": None if team.disqualified else rank_of(session, team),
+            "disqualified": team.disqualified,
+            "deadline": iso(team.deadline) if team.deadline else None,
+            "remainingSeconds": max(0, int((team.deadline - now).total_seconds())) if team.deadline else None,
+            "claims": [
+                {"questionId": c.code, "points": c.points, "claimedAt": iso(c.claimed_at), "answered": c.answered}
+                for c in claims
+            ],
+            "openMysteryBox": None if box is None else {
+                "mysteryQuestionId": box.code,
+                "question": box.text,
+                "options": box.options,
+                "difficulty": box.MysteryBox.difficulty,
+                "potentialPoints": box.MysteryBox.reward,
+                "deductedPoints": box.MysteryBox.price,
+            },
+        })
+
+
+class Claims:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        session: Session = req.context.session
+        competition = get_competition(session, slug)
+        team = require_team(req, session, competition)
+        body = read_body(req, ClaimQuestion, self.deps.settings.max_body_bytes)
+        accept_job(req, resp, self.deps, competition=competition, kind="claim",
+                   queue=board_queue(self.deps.settings, competition.id, body.question_id),
+                   payload={"questionId": body.question_id}, owner_hash=team.token_hash, team_id=team.id)
+
+
+class Submissions:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        session: Session = req.context.session
+        competition = get_competition(session, slug)
+        team = require_team(req, session, competition)
+        body = read_body(req, SubmitAnswer, self.deps.settings.max_body_bytes)
+        accept_job(req, resp, self.deps, competition=competition, kind="submit",
+                   queue=board_queue(self.deps.settings, competition.id, body.question_id),
+                   payload={"questionId": body.question_id, "answer": body.answer},
+                   owner_hash=team.token_hash, team_id=team.id)
+
+
+class MysteryBoxes:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        session: Session = req.context.session
+        competition = get_competition(session, slug)
+        team = require_team(req, session, competition)
+        body = read_body(req, BuyMysteryBox, self.deps.settings.max_body_bytes)
+        accept_job(req, resp, self.deps, competition=competition, kind="mystery_buy",
+                   queue=mystery_queue(self.deps.settings, competition.id),
+                   payload={"difficulty": body.difficulty}, owner_hash=team.token_hash, team_id=team.id)
+
+
+class CurrentMysteryBox:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        session: Session = req.context.session
+        competition = get_competition(session, slug)
+        team = require_team(req, session, competition)
+        accept_job(req, resp, self.deps, competition=competition, kind="mystery_forfeit",
+                   queue=mystery_queue(self.deps.settings, competition.id),
+                   payload={}, owner_hash=team.token_hash, team_id=team.id)
+
+
+class JobItem:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: uuid.UUID) -> None:
+        session: Session = req.context.session
+        token = bearer(req)
+        if token is None:
+            raise Problem(falcon.HTTP_401, "unauthorized", "Authentication required",
+                          "send the teamToken (or the organiser token) as a Bearer token",
+                          headers={"WWW-Authenticate": 'Bearer realm="quiz"'})
+        job = session.get(Job, job_id)
+        # Someone else's job is indistinguishable from no job.
+        if job is None or not (is_admin(token, self.deps.settings.admin_token) or job.owner_hash == token_hash(token)):
+            raise Problem(falcon.HTTP_404, "job-not-found", "Job not found", f"there is no job {job_id} of yours")
+        write_json(resp, job_view(job))
+
+
+class Leaderboard:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        session: Session = req.context.session
+        competition = get_competition(session, slug)
+        limit, offset = page_params(req, default=competition.leaderboard_size, maximum=500)
+        rows = leaderboard(session, competition.id, limit, offset)
+        write_json(resp, {
+            "competition": competition.slug,
+            "state": competition.state,
+            "leaderboard": rows,
+            "nextCursor": next_cursor(offset, limit, len(rows)),
+            "at": iso(utcnow()),
+        })
+
+
+def board_view(q: Question, claimed: bool) -> dict[str, Any]:
+    return {
+        "questionId": q.code,
+        "points": q.points,
+        "difficulty": q.difficulty,
+        "category": q.category,
+        "claimed": claimed,
+    }
+
+
+def list_board(session: Session, competition_id: int, limit: int, offset: int) -> list[dict[str, Any]]:
+    claimed = exists().where(Claim.question_id == Question.id)
+    rows = session.execute(
+        select(Question, claimed.label("claimed"))
+        .where(Question.competition_id == competition_id, Question.kind == "board")
+        .order_by(Question.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return [board_view(r.Question, r.claimed) for r in rows]
+
+

@@ -1,0 +1,233 @@
+"""Organiser resources: competitions, their state, and the question bank."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from models.live import competition_room, iso, utcnow
+from models.tables import AuditEntry, Claim, Competition, Question
+from web.auth import bearer, is_admin, require_admin
+from web.deps import Deps
+from web.errors import Problem
+from web.media import read_body, write_json
+from web.resources.common import get_competition, next_cursor, page_params
+from web.resources.game import list_board
+from web.schemas import CompetitionSettings, CreateCompetition, NewQuestion, NewQuestions, UpdateCompetition
+
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "draft": ("open",),
+    "open": ("running", "finished"),
+    "running": ("paused", "finished"),
+    "paused": ("running", "finished"),
+    "finished": (),
+}
+
+_SETTINGS = {
+    "title": "title",
+    "starting_points": "starting_points",
+    "max_open_claims": "max_open_claims",
+    "time_limit_seconds": "time_limit_seconds",
+    "wrong_answer_penalty": "wrong_answer_penalty",
+    "deadline_bonus_seconds": "deadline_bonus_seconds",
+    "leaderboard_size": "leaderboard_size",
+}
+
+
+def competition_view(c: Competition) -> dict[str, Any]:
+    return {
+        "slug": c.slug,
+        "title": c.title,
+        "state": c.state,
+        "startingPoints": c.starting_points,
+        "maxOpenClaims": c.max_open_claims,
+        "timeLimitSeconds": c.time_limit_seconds,
+        "wrongAnswerPenalty": c.wrong_answer_penalty,
+        "deadlineBonusSeconds": c.deadline_bonus_seconds,
+        "leaderboardSize": c.leaderboard_size,
+        "mysteryPrices": {d: c.mystery_price(d) for d in ("EASY", "MEDIUM", "HARD")},
+        "mysteryRewards": {d: c.mystery_reward(d) for d in ("EASY", "MEDIUM", "HARD")},
+        "createdAt": iso(c.created_at),
+        "links": {"self": f"/api/v1/competitions/{c.slug}"},
+    }
+
+
+def apply_settings(c: Competition, body: CompetitionSettings) -> None:
+    for attr, column in _SETTINGS.items():
+        value = getattr(body, attr)
+        if value is not None:
+            setattr(c, column, value)
+    for prefix, per in (("price", body.mystery_prices), ("reward", body.mystery_rewards)):
+        if per is None:
+            continue
+        for difficulty in ("easy", "medium", "hard"):
+            value = getattr(per, difficulty)
+            if value is not None:
+                setattr(c, f"{prefix}_{difficulty}", value)
+
+
+def audit(session: Session, actor: str, action: str, competition_id: int | None, target: str | None,
+          before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+    session.add(AuditEntry(competition_id=competition_id, actor=actor, action=action, target=target,
+                           before=before, after=after))
+
+
+class Competitions:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        session: Session = req.context.session
+        actor = require_admin(req, session, self.deps.settings.admin_token)
+        body = read_body(req, CreateCompetition, self.deps.settings.max_body_bytes)
+        created = session.scalar(
+            pg_insert(Competition).values(slug=body.slug, title=body.title).on_conflict_do_nothing()
+            .returning(Competition.id)
+        )
+        if created is None:
+            raise Problem(falcon.HTTP_409, "competition-exists", "Competition exists",
+                          f"a competition with slug {body.slug!r} already exists")
+        competition = session.get(Competition, created)
+        assert competition is not None
+        apply_settings(competition, body)
+        session.flush()
+        session.refresh(competition)
+        view = competition_view(competition)
+        audit(session, actor, "competition.create", competition.id, competition.slug, None, view)
+        resp.location = f"/api/v1/competitions/{competition.slug}"
+        write_json(resp, view, falcon.HTTP_201)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        session: Session = req.context.session
+        require_admin(req, session, self.deps.settings.admin_token)
+        limit, offset = page_params(req)
+        rows = session.scalars(select(Competition).order_by(Competition.id).limit(limit).offset(offset)).all()
+        write_json(resp, {"items": [competition_view(c) for c in rows],
+                          "nextCursor": next_cursor(offset, limit, len(rows))})
+
+
+class CompetitionItem:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        write_json(resp, competition_view(get_competition(req.context.session, slug)))
+
+    def on_patch(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        session: Session = req.context.session
+        actor = require_admin(req, session, self.deps.settings.admin_token)
+        body = read_body(req, UpdateCompetition, self.deps.settings.max_body_bytes)
+        competition = session.scalar(select(Competition).where(Competition.slug == slug).with_for_update())
+        if competition is None:
+            get_competition(session, slug)
+        assert competition is not None
+        before = competition_view(competition)
+        old_state = competition.state
+        if body.state is not None and body.state != competition.state:
+            allowed = TRANSITIONS[competition.state]
+            if body.state not in allowed:
+                raise Problem(
+                    falcon.HTTP_409, "illegal-transition", "Illegal state transition",
+                    f"a {competition.state} competition can go to {', '.join(allowed) or 'nothing'}, "
+                    f"not {body.state}",
+                    extra={"state": competition.state, "allowed": list(allowed)},
+                )
+            competition.state = body.state
+        apply_settings(competition, body)
+        competition.updated_at = utcnow()
+        session.flush()
+        after = competition_view(competition)
+        audit(session, actor, "competition.update", competition.id, slug, before, after)
+        session.commit()
+        if competition.state != old_state:
+            seq = self.deps.live.next_seq(competition.id)
+            self.deps.sio.emit(
+                "competition_state",
+                {"competition": slug, "seq": seq, "at": iso(competition.updated_at), "state": competition.state},
+                room=competition_room(slug), namespace="/",
+            )
+        write_json(resp, after)
+
+
+def question_admin_view(q: Question, claimed: bool | None = None) -> dict[str, Any]:
+    view = {
+        "questionId": q.code,
+        "question": q.text,
+        "options": q.options,
+        "answer": q.answer,
+        "points": q.points,
+        "difficulty": q.difficulty,
+        "category": q.category,
+        "kind": q.kind,
+    }
+    if claimed is not None:
+        view["claimed"] = claimed
+    return view
+
+
+class Questions:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        session: Session = req.context.session
+        competition = get_competition(session, slug)
+        limit, offset = page_params(req)
+        token = bearer(req)
+        if is_admin(token, self.deps.settings.admin_token):
+            claimed = select(func.count()).where(Claim.question_id == Question.id).scalar_subquery() > 0
+            query = select(Question, claimed.label("claimed")).where(Question.competition_id == competition.id)
+            kind = req.get_param("kind")
+            if kind:
+                query = query.where(Question.kind == kind)
+            rows = session.execute(query.order_by(Question.id).limit(limit).offset(offset)).all()
+            items = [question_admin_view(r.Question, r.claimed) for r in rows]
+        else:
+            items = list_board(session, competition.id, limit, offset)
+        write_json(resp, {"items": items, "nextCursor": next_cursor(offset, limit, len(items))})
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        session: Session = req.context.session
+        actor = require_admin(req, session, self.deps.settings.admin_token)
+        competition = get_competition(session, slug)
+        body = read_body(req, NewQuestions, self.deps.settings.max_body_bytes * 16)
+        batch: list[NewQuestion] = body if isinstance(body, list) else [body]
+        if not batch:
+            raise Problem(falcon.HTTP_422, "validation-error", "Request validation failed",
+                          "send at least one question", errors=[{"field": "body", "message": "empty list"}])
+        seen: dict[str, int] = {}
+        errors = []
+        for i, q in enumerate(batch):
+            where = f"[{i}].questionId" if isinstance(body, list) else "questionId"
+            if q.question_id in seen:
+                errors.append({"field": where, "message": f"duplicates item {seen[q.question_id]}"})
+            seen[q.question_id] = i
+        existing = set(session.scalars(
+            select(Question.code).where(Question.competition_id == competition.id, Question.code.in_(seen))
+        ))
+        for i, q in enumerate(batch):
+            if q.question_id in existing:
+                where = f"[{i}].questionId" if isinstance(body, list) else "questionId"
+                errors.append({"field": where, "message": f"question {q.question_id!r} already exists"})
+        if errors:
+            raise Problem(falcon.HTTP_409, "question-exists", "Question exists",
+                          "nothing was imported; fix the listed items", errors=errors)
+        created = [
+            Question(competition_id=competition.id, code=q.question_id, text=q.question, options=q.options,
+                     answer=q.answer, points=q.points, difficulty=q.difficulty, category=q.category, kind=q.kind)
+            for q in batch
+        ]
+        session.add_all(created)
+        session.flush()
+        views = [question_admin_view(q) for q in created]
+        audit(session, actor, "questions.create", competition.id, ",".join(seen)[:500], None,
+              {"count": len(created), "questionIds": list(seen)[:100]})
+        if isinstance(body, list):
+            write_json(resp, {"items": views, "count": len(views)}, falcon.HTTP_201)
+        else:
+            resp.location = f"/api/v1/competitions/{slug}/questions/{created[0].code}"
+            write_json(resp, views[0], falcon.HTTP_201)

@@ -1,0 +1,83 @@
+"""Request bodies, one msgspec Struct per body. camelCase on the wire."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+Difficulty = Literal["EASY", "MEDIUM", "HARD"]
+Kind = Literal["board", "mystery"]
+State = Literal["draft", "open", "running", "paused", "finished"]
+
+Name = Annotated[str, Meta(min_length=1, max_length=64)]
+Code = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
+Slug = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9\-]*$")]
+Email = Annotated[str, Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+Points = Annotated[int, Meta(ge=0, le=1_000_000)]
+AnswerText = Annotated[str, Meta(min_length=1, max_length=1000)]
+
+
+class Body(msgspec.Struct, rename="camel", kw_only=True):
+    pass
+
+
+class RegisterTeam(Body, kw_only=True):
+    team_name: Name
+    members: Annotated[list[Name], Meta(max_length=20)] = []
+    email: Email | None = None
+
+
+class ClaimQuestion(Body, kw_only=True):
+    question_id: Code
+
+
+class SubmitAnswer(Body, kw_only=True):
+    question_id: Code
+    answer: AnswerText
+
+
+class BuyMysteryBox(Body, kw_only=True):
+    difficulty: Difficulty
+
+
+class PerDifficulty(msgspec.Struct, rename="upper", forbid_unknown_fields=True):
+    easy: Points | None = None
+    medium: Points | None = None
+    hard: Points | None = None
+
+
+class CompetitionSettings(Body, kw_only=True):
+    title: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    starting_points: Points | None = None
+    max_open_claims: Annotated[int, Meta(ge=1, le=100)] | None = None
+    time_limit_seconds: Annotated[int, Meta(ge=1, le=7 * 24 * 3600)] | None = None
+    wrong_answer_penalty: Points | None = None
+    deadline_bonus_seconds: Annotated[int, Meta(ge=0, le=24 * 3600)] | None = None
+    leaderboard_size: Annotated[int, Meta(ge=1, le=100)] | None = None
+    mystery_prices: PerDifficulty | None = None
+    mystery_rewards: PerDifficulty | None = None
+
+
+class CreateCompetition(CompetitionSettings, kw_only=True):
+    slug: Slug
+    title: Annotated[str, Meta(min_length=1, max_length=200)]  # type: ignore[assignment]
+
+
+class UpdateCompetition(CompetitionSettings, kw_only=True):
+    state: State | None = None
+
+
+class NewQuestion(Body, kw_only=True):
+    question_id: Code
+    question: Annotated[str, Meta(min_length=1, max_length=5000)]
+    answer: AnswerText
+    points: Points = 100
+    options: Annotated[list[Annotated[str, Meta(max_length=1000)]], Meta(max_length=20)] = []
+    difficulty: Difficulty = "MEDIUM"
+    category: Annotated[str, Meta(max_length=100)] | None = None
+    kind: Kind = "board"
+
+
+NewQuestions = NewQuestion | list[NewQuestion]

@@ -1,0 +1,1 @@
+"""Celery workers: the only processes that change game state."""

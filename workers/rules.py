@@ -1,0 +1,347 @@
+"""The game rules. Plain functions on a session: they never commit, never publish, and
+report refusals as ``GameError`` with a stable code. Side effects they want after commit
+go into the ``Outbox``."""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import exists, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from models.ranking import rank_of
+from models.tables import Claim, Competition, Job, MysteryBox, Question, ScoreEvent, Submission, Team
+
+
+class GameError(Exception):
+    """A rule refused the action; the job fails with this code and nothing it did is kept."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class ScoreChange:
+    team: Team
+    delta: int
+    reason: str
+    rank: int
+
+
+@dataclass
+class Outbox:
+    """What the job wants announced once its transaction has committed."""
+
+    scores: list[ScoreChange] = field(default_factory=list)
+    claimed: list[tuple[str, str]] = field(default_factory=list)
+    deadlines: list[Team] = field(default_factory=list)
+    standings: list[Team] = field(default_factory=list)
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def normalise_answer(answer: str) -> str:
+    return _SPACES.sub(" ", answer).strip().casefold()
+
+
+def answer_matches(given: str, expected: str) -> bool:
+    return normalise_answer(given) == normalise_answer(expected)
+
+
+def _now(session: Session) -> datetime:
+    # The database clock, so deadlines and tie-breaks agree across every worker host.
+    return session.scalar(select(func.clock_timestamp()))
+
+
+def change_points(session: Session, team: Team, delta: int, reason: str, reference: str | None,
+                  outbox: Outbox) -> Team:
+    """Move a team's points with one atomic statement and write the ledger row."""
+    row = session.execute(
+        update(Team)
+        .where(Team.id == team.id, Team.points + delta >= 0)
+        .values(
+            points=Team.points + delta,
+            points_at=func.clock_timestamp(),
+            points_version=Team.points_version + 1,
+        )
+        .returning(Team.points, Team.points_at, Team.points_version)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if row is None:
+        raise GameError("insufficient_points", f"this costs {-delta} points and the team has fewer")
+    team.points, team.points_at, team.points_version = row.points, row.points_at, row.points_version
+    session.execute(
+        insert(ScoreEvent).values(
+            competition_id=team.competition_id,
+            team_id=team.id,
+            delta=delta,
+            points_after=row.points,
+            reason=reason,
+            reference=reference,
+        )
+    )
+    outbox.scores.append(ScoreChange(team=team, delta=delta, reason=reason, rank=rank_of(session, team)))
+    return team
+
+
+def _require_running(competition: Competition) -> None:
+    if competition.state != "running":
+        raise GameError("competition_not_running", f"the competition is {competition.state}, not running")
+
+
+def _require_active(session: Session, team: Team) -> None:
+    if team.disqualified:
+        raise GameError("team_disqualified", "the team is disqualified")
+    if team.deadline is not None and _now(session) > team.deadline:
+        raise GameError("deadline_passed", "the team's time is up")
+
+
+def _lock_team(session: Session, team_id: int) -> Team:
+    # Rules that read-then-write team data from different queues (the claim limit, boxes)
+    # serialise on the team row.
+    return session.execute(select(Team).where(Team.id == team_id).with_for_update()).scalar_one()
+
+
+def _question_view(q: Question) -> dict[str, Any]:
+    return {"questionId": q.code, "question": q.text, "options": list(q.options), "points": q.points}
+
+
+# -- registration ---------------------------------------------------------------------
+
+
+def register(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
+    if competition.state not in ("open", "running"):
+        raise GameError("registration_closed", f"registration is closed while the competition is {competition.state}")
+    payload = job.payload
+    name = payload["teamName"]
+    now = _now(session)
+    deadline = now + timedelta(seconds=competition.time_limit_seconds) if competition.time_limit_seconds else None
+    team_id = session.scalar(
+        pg_insert(Team)
+        .values(
+            competition_id=competition.id,
+            name=name,
+            members=payload.get("members", []),
+            email=payload.get("email"),
+            token_hash=job.owner_hash,
+            starting_points=competition.starting_points,
+            points=competition.starting_points,
+            points_at=now,
+            deadline=deadline,
+        )
+        .on_conflict_do_nothing()
+        .returning(Team.id)
+    )
+    if team_id is None:
+        raise GameError("team_name_taken", f"a team called {name!r} is already registered")
+    team = session.get(Team, team_id)
+    assert team is not None
+    job.team_id = team.id
+    outbox.scores.append(ScoreChange(team=team, delta=0, reason="registered", rank=rank_of(session, team)))
+    return {
+        "teamId": team.id,
+        "teamName": team.name,
+        "points": team.points,
+        "registered": True,
+        "deadline": deadline.isoformat() if deadline else None,
+    }
+
+
+# -- the board ------------------------------------------------------------------------
+
+
+def _find_question(session: Session, competition: Competition, code: str) -> Question:
+    question = session.scalar(
+        select(Question).where(Question.competition_id == competition.id, Question.code == code)
+    )
+    if question is None:
+        raise GameError("question_not_found", f"there is no question {code!r}")
+    return question
+
+
+def claim(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
+    _require_running(competition)
+    team = _lock_team(session, job.team_id)
+    _require_active(session, team)
+    question = _find_question(session, competition, job.payload["questionId"])
+    if question.kind != "board":
+        raise GameError("question_not_found", f"{question.code!r} is a mystery question, not on the board")
+    holder = session.scalar(select(Claim.team_id).where(Claim.question_id == question.id))
+    if holder is not None:
+        if holder == team.id:
+            raise GameError("question_already_claimed", "your team already holds this question")
+        raise GameError("question_already_claimed", f"question {question.code!r} is already claimed")
+    open_claims = session.scalar(
+        select(func.count())
+        .select_from(Claim)
+        .where(
+            Claim.team_id == team.id,
+            ~exists().where(Submission.team_id == Claim.team_id, Submission.question_id == Claim.question_id),
+        )
+    )
+    if open_claims >= competition.max_open_claims:
+        raise GameError(
+            "claim_limit_reached",
+            f"a team may hold {competition.max_open_claims} unanswered claim(s); answer one first",
+        )
+    claimed = session.scalar(
+        pg_insert(Claim)
+        .values(competition_id=competition.id, question_id=question.id, team_id=team.id)
+        .on_conflict_do_nothing()
+        .returning(Claim.id)
+    )
+    if claimed is None:
+        raise GameError("question_already_claimed", f"question {question.code!r} is already claimed")
+    outbox.claimed.append((question.code, team.name))
+    return _question_view(question)
+
+
+def submit(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
+    _require_running(competition)
+    team = _lock_team(session, job.team_id)
+    _require_active(session, team)
+    question = _find_question(session, competition, job.payload["questionId"])
+    box: MysteryBox | None = None
+    if question.kind == "board":
+        holder = session.scalar(select(Claim.team_id).where(Claim.question_id == question.id))
+        if holder != team.id:
+            raise GameError("question_not_claimed", f"your team has not claimed {question.code!r}")
+    else:
+        box = session.scalar(
+            select(MysteryBox)
+            .where(MysteryBox.team_id == team.id, MysteryBox.question_id == question.id)
+            .order_by(MysteryBox.id.desc())
+            .limit(1)
+            .with_for_update()
+        )
+        if box is None or box.state == "forfeited":
+            raise GameError("question_not_claimed", f"your team has no open mystery box with {question.code!r}")
+        if box.state == "answered":
+            raise GameError("already_answered", f"your team has already answered {question.code!r}")
+
+    answer = job.payload["answer"]
+    correct = answer_matches(answer, question.answer)
+    value = box.reward if box is not None else question.points
+    earned = value if correct else -min(competition.wrong_answer_penalty, team.points)
+    submitted = session.scalar(
+        pg_insert(Submission)
+        .values(
+            competition_id=competition.id,
+            team_id=team.id,
+            question_id=question.id,
+            answer=answer,
+            correct=correct,
+            points_awarded=earned,
+        )
+        .on_conflict_do_nothing()
+        .returning(Submission.id)
+    )
+    if submitted is None:
+        raise GameError("already_answered", f"your team has already answered {question.code!r}")
+    reason = ("mystery_" if box else "") + ("correct_answer" if correct else "wrong_answer")
+    if earned != 0:
+        change_points(session, team, earned, reason, f"submission:{submitted}", outbox)
+    else:
+        outbox.scores.append(ScoreChange(team=team, delta=0, reason=reason, rank=rank_of(session, team)))
+    if box is not None:
+        box.state = "answered"
+        box.closed_at = _now(session)
+        if correct and competition.deadline_bonus_seconds and team.deadline is not None:
+            team.deadline = team.deadline + timedelta(seconds=competition.deadline_bonus_seconds)
+            outbox.deadlines.append(team)
+    return {
+        "questionId": question.code,
+        "correct": correct,
+        "pointsEarned": earned,
+        "totalPoints": team.points,
+        "rank": outbox.scores[-1].rank,
+    }
+
+
+# -- mystery boxes ----------------------------------------------------------------------
+
+
+def mystery_buy(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
+    _require_running(competition)
+    team = _lock_team(session, job.team_id)
+    _require_active(session, team)
+    difficulty = job.payload["difficulty"]
+    if session.scalar(select(exists().where(MysteryBox.team_id == team.id, MysteryBox.state == "open"))):
+        raise GameError("mystery_already_open", "answer or forfeit your open mystery box first")
+    price = competition.mystery_price(difficulty)
+    reward = competition.mystery_reward(difficulty)
+    if team.points < price:
+        raise GameError("insufficient_points", f"a {difficulty} box costs {price} points; the team has {team.points}")
+    taken = exists().where(MysteryBox.question_id == Question.id, MysteryBox.state != "forfeited")
+    answered = exists().where(Submission.team_id == team.id, Submission.question_id == Question.id)
+    pool = session.scalars(
+        select(Question.id).where(
+            Question.competition_id == competition.id,
+            Question.kind == "mystery",
+            Question.difficulty == difficulty,
+            ~taken,
+            ~answered,
+        )
+    ).all()
+    if not pool:
+        raise GameError("no_mystery_left", f"no {difficulty} mystery question is left")
+    question = session.get(Question, random.choice(pool))
+    assert question is not None
+    session.execute(
+        insert(MysteryBox).values(
+            competition_id=competition.id,
+            team_id=team.id,
+            question_id=question.id,
+            difficulty=difficulty,
+            price=price,
+            reward=reward,
+        )
+    )
+    change_points(session, team, -price, "mystery_box", f"mystery:{question.code}", outbox)
+    return {
+        "mysteryQuestionId": question.code,
+        "question": question.text,
+        "options": list(question.options),
+        "difficulty": difficulty,
+        "potentialPoints": reward,
+        "deductedPoints": price,
+        "totalPoints": team.points,
+    }
+
+
+def mystery_forfeit(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
+    team = _lock_team(session, job.team_id)
+    if team.disqualified:
+        raise GameError("team_disqualified", "the team is disqualified")
+    box = session.scalar(
+        select(MysteryBox).where(MysteryBox.team_id == team.id, MysteryBox.state == "open").with_for_update()
+    )
+    if box is None:
+        raise GameError("no_open_mystery_box", "the team has no open mystery box")
+    box.state = "forfeited"
+    box.closed_at = _now(session)
+    code = session.scalar(select(Question.code).where(Question.id == box.question_id))
+    return {
+        "mysteryQuestionId": code,
+        "difficulty": box.difficulty,
+        "state": "forfeited",
+        "deductedPoints": box.price,
+        "refundedPoints": 0,
+    }
+
+
+RULES = {
+    "register": register,
+    "claim": claim,
+    "submit": submit,
+    "mystery_buy": mystery_buy,
+    "mystery_forfeit": mystery_forfeit,
+}

@@ -1,0 +1,100 @@
+"""Celery tasks: one per job kind, each a thin wrapper around ``run_job``.
+
+Every task is idempotent (the job row says whether it is done), so messages are acked late
+and redelivered if a worker dies mid-job.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import redis.exceptions
+from celery import Task
+from celery.signals import worker_process_init, worker_ready
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from workers.celery_app import app
+from workers.jobs import WorkerContext, fail_job, run_job
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (OperationalError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+MAX_RETRIES = 8
+
+_context: WorkerContext | None = None
+
+
+def context() -> WorkerContext:
+    # Built lazily in the process that runs tasks, so no pooled connection crosses a fork.
+    global _context
+    if _context is None:
+        _context = WorkerContext.create(app.conf.quiz_settings)
+    return _context
+
+
+@worker_process_init.connect
+def _reset_after_fork(**_: object) -> None:
+    global _context
+    _context = None
+
+
+@worker_ready.connect
+def _warm_up(**_: object) -> None:
+    # Connect before the first job arrives, so its latency is not the pool's start-up.
+    with context().engine.connect():
+        pass
+    context().live.redis.ping()
+
+
+class JobTask(Task):
+    acks_late = True
+    reject_on_worker_lost = True
+    max_retries = MAX_RETRIES
+    ignore_result = True
+
+    def run_kind(self, job_id: str) -> str | None:
+        job_uuid = uuid.UUID(job_id)
+        try:
+            return run_job(context(), job_uuid)
+        except TRANSIENT as exc:
+            if self.request.retries >= self.max_retries:
+                fail_job(context(), job_uuid, "internal_error", "the job could not be completed; try again")
+                raise
+            # Exponential backoff with jitter: 0.1 s, 0.2 s, ... capped at 5 s.
+            raise self.retry(exc=exc, countdown=min(5.0, 0.1 * 2**self.request.retries)) from exc
+        except DBAPIError:
+            log.exception("job %s hit a database error", job_id)
+            if self.request.retries >= 2:
+                fail_job(context(), job_uuid, "internal_error", "the job could not be completed")
+                return "failed"
+            raise self.retry(countdown=0.2) from None
+        except Exception:
+            log.exception("job %s crashed", job_id)
+            fail_job(context(), job_uuid, "internal_error", "the job could not be completed")
+            return "failed"
+
+
+@app.task(base=JobTask, bind=True, name="quiz.jobs.register")
+def register(self: JobTask, *, job_id: str) -> str | None:
+    return self.run_kind(job_id)
+
+
+@app.task(base=JobTask, bind=True, name="quiz.jobs.claim")
+def claim(self: JobTask, *, job_id: str) -> str | None:
+    return self.run_kind(job_id)
+
+
+@app.task(base=JobTask, bind=True, name="quiz.jobs.submit")
+def submit(self: JobTask, *, job_id: str) -> str | None:
+    return self.run_kind(job_id)
+
+
+@app.task(base=JobTask, bind=True, name="quiz.jobs.mystery_buy")
+def mystery_buy(self: JobTask, *, job_id: str) -> str | None:
+    return self.run_kind(job_id)
+
+
+@app.task(base=JobTask, bind=True, name="quiz.jobs.mystery_forfeit")
+def mystery_forfeit(self: JobTask, *, job_id: str) -> str | None:
+    return self.run_kind(job_id)
