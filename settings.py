@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-DEV_ADMIN_TOKEN = "dev-admin-token"
+DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 - the documented development default
 
 
 class SettingsError(ValueError):

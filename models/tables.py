@@ -20,6 +20,8 @@ from sqlalchemy import (
     Text,
     Uuid,
     func,
+)
+from sqlalchemy import (
     text as sql,
 )
 from sqlalchemy.dialects.postgresql import JSONB
