@@ -159,3 +159,20 @@ def competition_room(slug: str) -> str:
 
 def organisers_room(slug: str) -> str:
     return "organisers:" + slug
+
+
+class FrozenBoards:
+    """The frozen standings of a competition, computed once per freeze time and shared."""
+
+    def __init__(self, live: Live) -> None:
+        self.live = live
+
+    def key(self, competition_id: int, freeze_at: datetime) -> str:
+        return f"{self.live.prefix}:lbfrozen:{competition_id}:{int(freeze_at.timestamp() * 1000)}"
+
+    def get(self, competition_id: int, freeze_at: datetime) -> list[dict[str, Any]] | None:
+        raw = self.live.redis.get(self.key(competition_id, freeze_at))
+        return None if raw is None else json.loads(raw)
+
+    def put(self, competition_id: int, freeze_at: datetime, board: list[dict[str, Any]]) -> None:
+        self.live.redis.set(self.key(competition_id, freeze_at), json.dumps(board), ex=7 * 24 * 3600)

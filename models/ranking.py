@@ -3,12 +3,14 @@ reached the score first (then the lower team id, so the order is total)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, false, func, or_, select, tuple_
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session
 
-from models.live import Standing
+from models.live import FrozenBoards, Standing
 from models.tables import Team
 
 
@@ -56,3 +58,39 @@ def standing(team: Team) -> Standing:
 def all_standings(session: Session, competition_id: int) -> list[Standing]:
     teams = session.scalars(select(Team).where(Team.competition_id == competition_id)).all()
     return [standing(t) for t in teams]
+
+
+def frozen_leaderboard(session: Session, competition_id: int, freeze_at: datetime) -> list[dict[str, Any]]:
+    """The standings as they were at ``freeze_at``, rebuilt from the ledger."""
+    rows = session.execute(
+        sql_text(
+            """
+            SELECT t.name,
+                   t.starting_points + COALESCE(SUM(e.delta) FILTER (WHERE e.created_at <= :f), 0) AS points,
+                   GREATEST(t.created_at, MAX(e.created_at) FILTER (WHERE e.created_at <= :f AND e.delta <> 0))
+                       AS reached
+            FROM teams t LEFT JOIN score_events e ON e.team_id = t.id
+            WHERE t.competition_id = :c AND NOT t.disqualified AND t.created_at <= :f
+            GROUP BY t.id
+            ORDER BY points DESC, reached, t.id
+            """
+        ),
+        {"c": competition_id, "f": freeze_at},
+    ).all()
+    return [{"rank": i + 1, "teamName": r.name, "points": int(r.points)} for i, r in enumerate(rows)]
+
+
+def is_frozen(freeze_at: datetime | None, now: datetime) -> bool:
+    return freeze_at is not None and now >= freeze_at
+
+
+def frozen_board(session: Session, boards: FrozenBoards, competition_id: int, freeze_at: datetime,
+                 now: datetime) -> list[dict[str, Any]]:
+    """The full frozen standings, cached once late commits can no longer land before the freeze."""
+    cached = boards.get(competition_id, freeze_at)
+    if cached is not None:
+        return cached
+    board = frozen_leaderboard(session, competition_id, freeze_at)
+    if (now - freeze_at).total_seconds() > 2:
+        boards.put(competition_id, freeze_at, board)
+    return board

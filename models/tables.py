@@ -40,7 +40,7 @@ DIFFICULTIES = ("EASY", "MEDIUM", "HARD")
 QUESTION_KINDS = ("board", "mystery")
 BOX_STATES = ("open", "answered", "forfeited")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed")
-JOB_KINDS = ("register", "claim", "submit", "mystery_buy", "mystery_forfeit")
+JOB_KINDS = ("register", "claim", "submit", "mystery_buy", "mystery_forfeit", "adjust", "team_update")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -205,7 +205,10 @@ class MysteryBox(Base):
 
 class ScoreEvent(Base):
     __tablename__ = "score_events"
-    __table_args__ = (Index("ix_score_events_team_id", "team_id"),)
+    __table_args__ = (
+        Index("ix_score_events_team_id", "team_id"),
+        Index("ix_score_events_competition_id_created_at", "competition_id", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     competition_id: Mapped[int] = mapped_column(ForeignKey("competitions.id", ondelete="CASCADE"))
@@ -227,6 +230,7 @@ class Job(Base):
             unique=True,
             postgresql_where=sql("idempotency_key IS NOT NULL"),
         ),
+        Index("ix_jobs_competition_id", "competition_id"),
         # The sweeper's scan: only unfinished jobs are indexed.
         Index("ix_jobs_unfinished", "created_at", postgresql_where=sql("status IN ('queued', 'running')")),
         CheckConstraint(_in("status", JOB_STATUSES), name="status"),

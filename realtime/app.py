@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import socketio
@@ -15,8 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import make_engine, make_sessionmaker
-from models.live import Live, competition_room, iso, organisers_room, team_room, utcnow
-from models.ranking import all_standings
+from models.live import FrozenBoards, Live, competition_room, iso, organisers_room, team_room, utcnow
+from models.ranking import all_standings, frozen_board, is_frozen
 from models.tables import Competition, Job, Team
 from realtime.server import Runtime
 from settings import Settings
@@ -29,6 +30,10 @@ class CompetitionInfo:
     id: int
     slug: str
     leaderboard_size: int
+    freeze_at: datetime | None = None
+
+    def frozen(self) -> bool:
+        return is_frozen(self.freeze_at, utcnow())
 
 
 class Directory:
@@ -52,7 +57,20 @@ class Directory:
     def _load_competition(self, slug: str) -> CompetitionInfo | None:
         with self.sessions() as session:
             c = session.scalar(select(Competition).where(Competition.slug == slug))
-            return None if c is None else CompetitionInfo(c.id, c.slug, c.leaderboard_size)
+            return None if c is None else CompetitionInfo(c.id, c.slug, c.leaderboard_size, c.freeze_at)
+
+    def remember(self, info: CompetitionInfo) -> None:
+        self._competitions[info.slug] = (time.monotonic(), info)
+
+    def frozen_top(self, info: CompetitionInfo, boards: FrozenBoards) -> list[dict[str, Any]]:
+        assert info.freeze_at is not None
+        freeze_at = info.freeze_at
+
+        def load() -> list[dict[str, Any]]:
+            with self.sessions() as session:
+                return frozen_board(session, boards, info.id, freeze_at, utcnow())
+
+        return self.runtime.blocking(load)[: info.leaderboard_size]
 
     def token_known(self, competition_id: int, digest: bytes) -> bool:
         """A team token, or the token of a registration still in the queue."""
@@ -104,7 +122,25 @@ class Coalescer:
         self.interval = interval
         self.pending: dict[int, _Pending] = {}
 
+    def on_settings(self, message: dict[str, Any]) -> None:
+        freeze = message.get("freezeAt")
+        info = CompetitionInfo(
+            id=message["competitionId"],
+            slug=message["competition"],
+            leaderboard_size=message["leaderboardSize"],
+            freeze_at=datetime.fromisoformat(freeze.replace("Z", "+00:00")) if freeze else None,
+        )
+        self.directory.remember(info)
+        state = self.pending.setdefault(info.id, _Pending(info))
+        state.info = info
+        if message.get("reveal"):
+            # Lifting the freeze shows everyone the standings they missed, in one broadcast.
+            self.flush(state, force=True)
+
     def on_message(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "competition":
+            self.on_settings(message)
+            return
         slug = message["competition"]
         state = self.pending.get(message["competitionId"])
         if state is None:
@@ -129,20 +165,26 @@ class Coalescer:
         state.timer = False
         self.flush(state)
 
-    def flush(self, state: _Pending) -> None:
-        if not state.changes:
+    def flush(self, state: _Pending, force: bool = False) -> None:
+        if not state.changes and not force:
             return
         changes, state.changes = state.changes, []
         state.last_emit = time.monotonic()
+        info = state.info
         payload = {
-            "competition": state.info.slug,
+            "competition": info.slug,
             # Numbered when sent, so every client sees increasing numbers whatever was merged.
-            "seq": self.live.next_seq(state.info.id),
-            "at": state.at,
-            "leaderboard": self.live.top(state.info.id, state.info.leaderboard_size),
+            "seq": self.live.next_seq(info.id),
+            "at": state.at or iso(utcnow()),
+            "leaderboard": self.live.top(info.id, info.leaderboard_size),
             "changes": changes,
         }
-        self.sio.emit("leaderboard_update", payload, room=competition_room(state.info.slug), ignore_queue=True)
+        if info.frozen():
+            # Spectators keep the standings at the freeze; organisers keep watching live.
+            rooms: str | list[str] = organisers_room(info.slug)
+        else:
+            rooms = [competition_room(info.slug), organisers_room(info.slug)]
+        self.sio.emit("leaderboard_update", payload, room=rooms, ignore_queue=True)
 
     def listen(self) -> None:
         while True:
@@ -176,15 +218,18 @@ def create_realtime(settings: Settings, runtime: Runtime) -> Any:
     )
     coalescer = Coalescer(sio, live, directory, runtime, settings.broadcast_interval)
 
-    def snapshot(info: CompetitionInfo) -> dict[str, Any]:
+    boards = FrozenBoards(live)
+
+    def snapshot(info: CompetitionInfo, organiser: bool) -> dict[str, Any]:
         if not live.has_board(info.id):
             directory.rebuild_board(info.id, live)
         seq = live.next_seq(info.id)
+        frozen = info.frozen() and not organiser
         return {
             "competition": info.slug,
             "seq": seq,
             "at": iso(utcnow()),
-            "leaderboard": live.top(info.id, info.leaderboard_size),
+            "leaderboard": directory.frozen_top(info, boards) if frozen else live.top(info.id, info.leaderboard_size),
             "changes": [],
         }
 
@@ -199,11 +244,14 @@ def create_realtime(settings: Settings, runtime: Runtime) -> Any:
             raise socketio.exceptions.ConnectionRefusedError(f"unknown competition {slug!r}")
         token = auth.get("token")
         rooms = [competition_room(slug)]
+        organiser = False
         if token is not None:
             if not isinstance(token, str) or not token:
                 raise socketio.exceptions.ConnectionRefusedError("auth.token must be a string")
             if hmac.compare_digest(token.encode(), settings.admin_token.encode()):
-                rooms.append(organisers_room(slug))
+                # Organisers are kept out of the public room so a freeze does not hide anything from them.
+                organiser = True
+                rooms = [organisers_room(slug)]
             else:
                 digest = hashlib.sha256(token.encode()).digest()
                 if not directory.token_known(info.id, digest):
@@ -211,7 +259,7 @@ def create_realtime(settings: Settings, runtime: Runtime) -> Any:
                 rooms.append(team_room(digest))
         for room in rooms:
             sio.enter_room(sid, room)
-        sio.emit("leaderboard_update", snapshot(info), to=sid, ignore_queue=True)
+        sio.emit("leaderboard_update", snapshot(info, organiser), to=sid, ignore_queue=True)
 
     def health(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         if environ.get("PATH_INFO") in ("/healthz", "/readyz"):

@@ -11,7 +11,7 @@ from settings import Settings
 from web.deps import Deps
 from web.errors import Problem, register_error_handlers
 from web.middleware import ResponseHeaders, SessionScope
-from web.resources import game, health, organiser
+from web.resources import game, health, manage, organiser
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,15 @@ def create_app(settings: Settings, deps: Deps | None = None) -> falcon.App:
     app.add_route(base + "/competitions", organiser.Competitions(deps))
     app.add_route(comp, organiser.CompetitionItem(deps))
     app.add_route(comp + "/questions", organiser.Questions(deps))
-    app.add_route(comp + "/teams", game.Teams(deps))
+    app.add_route(comp + "/teams", manage.TeamCollection(deps))
+    app.add_route(comp + "/teams/{team_id}", manage.TeamItem(deps))
+    app.add_route(comp + "/teams/{team_id}/adjustments", manage.Adjustments(deps))
+    app.add_route(comp + "/questions/import", manage.QuestionImport(deps))
+    app.add_route(comp + "/questions/export", manage.QuestionExport(deps))
+    app.add_route(comp + "/questions/{code}", manage.QuestionItem(deps))
+    app.add_route(comp + "/results", manage.Results(deps))
+    app.add_route(comp + "/ledger", manage.Ledger(deps))
+    app.add_route(comp + "/audit", manage.AuditLog(deps))
     app.add_route(comp + "/teams/me", game.TeamMe(deps))
     app.add_route(comp + "/claims", game.Claims(deps))
     app.add_route(comp + "/submissions", game.Submissions(deps))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
@@ -67,6 +68,9 @@ class CreateCompetition(CompetitionSettings, kw_only=True):
 
 class UpdateCompetition(CompetitionSettings, kw_only=True):
     state: State | None = None
+    # null lifts the freeze (revealing the standings); absent leaves it as it is.
+    freeze_at: datetime | msgspec.UnsetType | None = msgspec.UNSET
+    freeze: bool | None = None
 
 
 class NewQuestion(Body, kw_only=True):
@@ -81,3 +85,23 @@ class NewQuestion(Body, kw_only=True):
 
 
 NewQuestions = NewQuestion | list[NewQuestion]
+
+
+class TeamPatch(Body, kw_only=True):
+    team_name: Name | None = None
+    disqualified: bool | None = None
+
+
+class AdjustPoints(Body, kw_only=True):
+    delta: Annotated[int, Meta(ge=-1_000_000, le=1_000_000)]
+    reason: Annotated[str, Meta(min_length=1, max_length=500)]
+
+
+class QuestionPatch(Body, kw_only=True):
+    question: Annotated[str, Meta(min_length=1, max_length=5000)] | None = None
+    answer: AnswerText | None = None
+    points: Points | None = None
+    options: Annotated[list[Annotated[str, Meta(max_length=1000)]], Meta(max_length=20)] | None = None
+    difficulty: Difficulty | None = None
+    category: Annotated[str, Meta(max_length=100)] | None = None
+    kind: Kind | None = None

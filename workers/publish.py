@@ -45,7 +45,7 @@ class Publisher:
         self.live = live
         self.sio = socketio.RedisManager(settings.redis_url, channel=live.socketio_channel, write_only=True)
 
-    def emit(self, event: str, data: dict[str, Any], room: str) -> None:
+    def emit(self, event: str, data: dict[str, Any], room: str | list[str]) -> None:
         self.sio.emit(event, data, room=room, namespace="/")
 
     def announce(self, competition: Competition, job: Job, outbox: Outbox, at: datetime) -> None:
@@ -54,7 +54,7 @@ class Publisher:
         # seq and then the leaderboard never claims a seq whose change it does not show.
         if outbox.scores:
             self.live.update(competition.id, [standing(c.team) for c in outbox.scores])
-        events: list[tuple[str, dict[str, Any], str]] = []
+        events: list[tuple[str, dict[str, Any], Any]] = []
         if outbox.scores:
             public = [
                 {
@@ -65,7 +65,7 @@ class Publisher:
                     "rank": c.rank,
                 }
                 for c in outbox.scores
-                if not c.team.disqualified
+                if not c.team.disqualified or "disqualified" in c.reason
             ]
             if public:
                 events.append(("", {"competitionId": competition.id, "changes": public}, ""))
@@ -80,7 +80,8 @@ class Publisher:
                 events.append(("score_update", score, team_room(change.team.token_hash)))
                 events.append(("score_update", score, organisers_room(slug)))
         for code, team_name in outbox.claimed:
-            events.append(("question_claimed", {"questionId": code, "teamName": team_name}, competition_room(slug)))
+            events.append(("question_claimed", {"questionId": code, "teamName": team_name},
+                           [competition_room(slug), organisers_room(slug)]))
         for team in outbox.deadlines:
             remaining = max(0, int((team.deadline - at).total_seconds())) if team.deadline else None
             events.append((

@@ -33,4 +33,6 @@ TASK_FOR_KIND = {
     "submit": "quiz.jobs.submit",
     "mystery_buy": "quiz.jobs.mystery_buy",
     "mystery_forfeit": "quiz.jobs.mystery_forfeit",
+    "adjust": "quiz.jobs.adjust",
+    "team_update": "quiz.jobs.team_update",
 }

@@ -338,10 +338,69 @@ def mystery_forfeit(session: Session, competition: Competition, job: Job, outbox
     }
 
 
+# -- organiser actions ------------------------------------------------------------------
+
+
+def _target_team(session: Session, competition: Competition, team_id: int) -> Team:
+    team = session.execute(
+        select(Team).where(Team.id == team_id, Team.competition_id == competition.id).with_for_update()
+    ).scalar_one_or_none()
+    if team is None:
+        raise GameError("team_not_found", f"there is no team {team_id} in this competition")
+    return team
+
+
+def _team_summary(session: Session, team: Team) -> dict[str, Any]:
+    return {
+        "teamId": team.id,
+        "teamName": team.name,
+        "points": team.points,
+        "disqualified": team.disqualified,
+        "rank": None if team.disqualified else rank_of(session, team),
+    }
+
+
+def adjust(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
+    team = _target_team(session, competition, job.payload["teamId"])
+    delta = int(job.payload["delta"])
+    reason = job.payload["reason"]
+    change_points(session, team, delta, f"adjustment: {reason}", f"adjustment:{job.id}", outbox)
+    return {**_team_summary(session, team), "delta": delta, "reason": reason}
+
+
+def team_update(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
+    team = _target_team(session, competition, job.payload["teamId"])
+    reasons = []
+    new_name = job.payload.get("teamName")
+    if new_name is not None and new_name != team.name:
+        taken = session.scalar(
+            select(Team.id).where(
+                Team.competition_id == competition.id, func.lower(Team.name) == new_name.lower(), Team.id != team.id
+            )
+        )
+        if taken is not None:
+            raise GameError("team_name_taken", f"a team called {new_name!r} is already registered")
+        team.name = new_name
+        reasons.append("renamed")
+    flag = job.payload.get("disqualified")
+    if flag is not None and flag != team.disqualified:
+        team.disqualified = flag
+        reasons.append("disqualified" if flag else "reinstated")
+    if reasons:
+        # A new version makes the leaderboard cache take the new name or visibility.
+        team.points_version = team.points_version + 1
+        session.flush()
+        outbox.scores.append(ScoreChange(team=team, delta=0, reason=",".join(reasons),
+                                         rank=0 if team.disqualified else rank_of(session, team)))
+    return {**_team_summary(session, team), "changes": reasons}
+
+
 RULES = {
     "register": register,
     "claim": claim,
     "submit": submit,
     "mystery_buy": mystery_buy,
     "mystery_forfeit": mystery_forfeit,
+    "adjust": adjust,
+    "team_update": team_update,
 }

@@ -98,3 +98,13 @@ def mystery_buy(self: JobTask, *, job_id: str) -> str | None:
 @app.task(base=JobTask, bind=True, name="quiz.jobs.mystery_forfeit")
 def mystery_forfeit(self: JobTask, *, job_id: str) -> str | None:
     return self.run_kind(job_id)
+
+
+@app.task(base=JobTask, bind=True, name="quiz.jobs.adjust")
+def adjust(self: JobTask, *, job_id: str) -> str | None:
+    return self.run_kind(job_id)
+
+
+@app.task(base=JobTask, bind=True, name="quiz.jobs.team_update")
+def team_update(self: JobTask, *, job_id: str) -> str | None:
+    return self.run_kind(job_id)

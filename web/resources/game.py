@@ -9,8 +9,8 @@ import falcon
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
-from models.live import iso, utcnow
-from models.ranking import leaderboard, rank_of
+from models.live import FrozenBoards, iso, utcnow
+from models.ranking import frozen_board, is_frozen, leaderboard, rank_of
 from models.tables import Claim, Job, MysteryBox, Question, Submission
 from web.auth import bearer, is_admin, new_token, require_team, token_hash
 from web.deps import Deps
@@ -176,10 +176,20 @@ class Leaderboard:
         session: Session = req.context.session
         competition = get_competition(session, slug)
         limit, offset = page_params(req, default=competition.leaderboard_size, maximum=500)
-        rows = leaderboard(session, competition.id, limit, offset)
+        now = utcnow()
+        frozen = is_frozen(competition.freeze_at, now)
+        organiser = is_admin(bearer(req), self.deps.settings.admin_token)
+        if frozen and not organiser:
+            assert competition.freeze_at is not None
+            board = frozen_board(session, FrozenBoards(self.deps.live), competition.id, competition.freeze_at, now)
+            rows = board[offset:offset + limit]
+        else:
+            rows = leaderboard(session, competition.id, limit, offset)
         write_json(resp, {
             "competition": competition.slug,
             "state": competition.state,
+            "frozen": frozen,
+            "frozenAt": iso(competition.freeze_at) if frozen and competition.freeze_at else None,
             "leaderboard": rows,
             "nextCursor": next_cursor(offset, limit, len(rows)),
             "at": iso(utcnow()),

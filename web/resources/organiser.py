@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import falcon
+import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from models.live import competition_room, iso, utcnow
+from models.live import competition_room, iso, organisers_room, utcnow
 from models.tables import AuditEntry, Claim, Competition, Question
 from web.auth import bearer, is_admin, require_admin
 from web.deps import Deps
@@ -51,6 +52,7 @@ def competition_view(c: Competition) -> dict[str, Any]:
         "leaderboardSize": c.leaderboard_size,
         "mysteryPrices": {d: c.mystery_price(d) for d in ("EASY", "MEDIUM", "HARD")},
         "mysteryRewards": {d: c.mystery_reward(d) for d in ("EASY", "MEDIUM", "HARD")},
+        "freezeAt": iso(c.freeze_at) if c.freeze_at else None,
         "createdAt": iso(c.created_at),
         "links": {"self": f"/api/v1/competitions/{c.slug}"},
     }
@@ -138,7 +140,13 @@ class CompetitionItem:
                 )
             competition.state = body.state
         apply_settings(competition, body)
-        competition.updated_at = utcnow()
+        old_freeze = competition.freeze_at
+        now = utcnow()
+        if body.freeze is not None:
+            competition.freeze_at = now if body.freeze else None
+        elif body.freeze_at is not msgspec.UNSET:
+            competition.freeze_at = body.freeze_at
+        competition.updated_at = now
         session.flush()
         after = competition_view(competition)
         audit(session, actor, "competition.update", competition.id, slug, before, after)
@@ -147,9 +155,18 @@ class CompetitionItem:
             seq = self.deps.live.next_seq(competition.id)
             self.deps.sio.emit(
                 "competition_state",
-                {"competition": slug, "seq": seq, "at": iso(competition.updated_at), "state": competition.state},
-                room=competition_room(slug), namespace="/",
+                {"competition": slug, "seq": seq, "at": iso(now), "state": competition.state},
+                room=[competition_room(slug), organisers_room(slug)], namespace="/",
             )
+        # Realtime servers cache competition settings; tell them what changed.
+        self.deps.live.publish_changes({
+            "type": "competition",
+            "competitionId": competition.id,
+            "competition": slug,
+            "leaderboardSize": competition.leaderboard_size,
+            "freezeAt": iso(competition.freeze_at) if competition.freeze_at else None,
+            "reveal": old_freeze is not None and competition.freeze_at is None,
+        })
         write_json(resp, after)
 
 

@@ -1,0 +1,405 @@
+"""Organiser resources for running a live event: teams, the question bank, results, audit."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+from datetime import datetime
+from typing import Any
+
+import falcon
+import msgspec
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import Session
+
+from models.live import iso
+from models.tables import AuditEntry, Claim, Competition, MysteryBox, Question, ScoreEvent, Submission, Team
+from web.auth import require_admin, token_hash
+from web.deps import Deps
+from web.errors import Problem, invalid
+from web.media import read_body, write_json
+from web.resources.common import accept_job, get_competition, next_cursor, page_params
+from web.resources.game import Teams
+from web.resources.organiser import audit, question_admin_view
+from web.schemas import AdjustPoints, NewQuestion, QuestionPatch, TeamPatch
+from workers.routing import mystery_queue
+
+
+def _admin(req: falcon.Request, deps: Deps, slug: str) -> tuple[Session, str, Competition]:
+    session: Session = req.context.session
+    actor = require_admin(req, session, deps.settings.admin_token)
+    return session, actor, get_competition(session, slug)
+
+
+def _team_id(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise Problem(falcon.HTTP_404, "team-not-found", "Team not found", f"there is no team {raw!r}") from None
+    return value
+
+
+def _get_team(session: Session, competition: Competition, team_id: int) -> Team:
+    team = session.scalar(select(Team).where(Team.id == team_id, Team.competition_id == competition.id))
+    if team is None:
+        raise Problem(falcon.HTTP_404, "team-not-found", "Team not found", f"there is no team {team_id}")
+    return team
+
+
+def _csv(resp: falcon.Response, rows: list[dict[str, Any]], columns: list[str], filename: str) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+    resp.content_type = "text/csv; charset=utf-8"
+    resp.downloadable_as = filename
+    resp.text = buffer.getvalue()
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, list):
+        return "|".join(str(v) for v in value)
+    # Spreadsheet formula injection: a cell must never start with a formula character.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value
+    return value
+
+
+def _format(req: falcon.Request) -> str:
+    fmt = (req.get_param("format") or "json").lower()
+    if fmt not in ("json", "csv"):
+        raise invalid("format", "must be json or csv", falcon.HTTP_400)
+    return fmt
+
+
+def standings(session: Session, competition: Competition, limit: int | None = None, offset: int = 0,
+              include_disqualified: bool = True) -> list[dict[str, Any]]:
+    claims = (select(func.count()).where(Claim.team_id == Team.id).correlate(Team).scalar_subquery())
+    answers = (select(func.count()).where(Submission.team_id == Team.id).correlate(Team).scalar_subquery())
+    correct = (select(func.count()).where(Submission.team_id == Team.id, Submission.correct)
+               .correlate(Team).scalar_subquery())
+    rank = func.rank().over(order_by=(Team.disqualified, Team.points.desc(), Team.points_at, Team.id))
+    query = (
+        select(Team, rank.label("rank"), claims.label("claims"), answers.label("answers"), correct.label("correct"))
+        .where(Team.competition_id == competition.id)
+        .order_by(Team.disqualified, Team.points.desc(), Team.points_at, Team.id)
+        .offset(offset)
+    )
+    if not include_disqualified:
+        query = query.where(Team.disqualified.is_(False))
+    if limit is not None:
+        query = query.limit(limit)
+    return [
+        {
+            "teamId": r.Team.id,
+            "teamName": r.Team.name,
+            "members": r.Team.members,
+            "email": r.Team.email,
+            "points": r.Team.points,
+            "rank": None if r.Team.disqualified else r.rank,
+            "disqualified": r.Team.disqualified,
+            "claims": r.claims,
+            "answers": r.answers,
+            "correctAnswers": r.correct,
+            "deadline": iso(r.Team.deadline) if r.Team.deadline else None,
+            "registeredAt": iso(r.Team.created_at),
+        }
+        for r in session.execute(query).all()
+    ]
+
+
+class TeamCollection(Teams):
+    """POST registers a team (``game.Teams``); GET lists teams for organisers."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        session, _, competition = _admin(req, self.deps, slug)
+        limit, offset = page_params(req)
+        items = standings(session, competition, limit, offset)
+        write_json(resp, {"items": items, "nextCursor": next_cursor(offset, limit, len(items))})
+
+
+class TeamItem:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str, team_id: str) -> None:
+        session, _, competition = _admin(req, self.deps, slug)
+        team = _get_team(session, competition, _team_id(team_id))
+        row = next(r for r in standings(session, competition) if r["teamId"] == team.id)
+        write_json(resp, row)
+
+    def on_patch(self, req: falcon.Request, resp: falcon.Response, slug: str, team_id: str) -> None:
+        session, actor, competition = _admin(req, self.deps, slug)
+        team = _get_team(session, competition, _team_id(team_id))
+        body = read_body(req, TeamPatch, self.deps.settings.max_body_bytes)
+        payload: dict[str, Any] = {"teamId": team.id}
+        if body.team_name is not None:
+            name = " ".join(body.team_name.split())
+            if not name:
+                raise invalid("teamName", "must not be blank")
+            payload["teamName"] = name
+        if body.disqualified is not None:
+            payload["disqualified"] = body.disqualified
+        audit(session, actor, "team.update", competition.id, f"team:{team.id}",
+              {"teamName": team.name, "disqualified": team.disqualified}, payload)
+        accept_job(req, resp, self.deps, competition=competition, kind="team_update",
+                   queue=mystery_queue(self.deps.settings, competition.id), payload=payload,
+                   owner_hash=token_hash(self.deps.settings.admin_token), team_id=team.id)
+
+
+class Adjustments:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str, team_id: str) -> None:
+        session, actor, competition = _admin(req, self.deps, slug)
+        team = _get_team(session, competition, _team_id(team_id))
+        body = read_body(req, AdjustPoints, self.deps.settings.max_body_bytes)
+        reason = " ".join(body.reason.split())
+        if not reason:
+            raise invalid("reason", "must not be blank")
+        payload = {"teamId": team.id, "delta": body.delta, "reason": reason}
+        audit(session, actor, "team.adjust", competition.id, f"team:{team.id}", {"points": team.points}, payload)
+        accept_job(req, resp, self.deps, competition=competition, kind="adjust",
+                   queue=mystery_queue(self.deps.settings, competition.id), payload=payload,
+                   owner_hash=token_hash(self.deps.settings.admin_token), team_id=team.id)
+
+
+def _question_in_use(session: Session, question: Question) -> bool:
+    return bool(session.scalar(select(
+        exists().where(Claim.question_id == question.id)
+        | exists().where(Submission.question_id == question.id)
+        | exists().where(MysteryBox.question_id == question.id)
+    )))
+
+
+class QuestionItem:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def _get(self, session: Session, competition: Competition, code: str, lock: bool = False) -> Question:
+        query = select(Question).where(Question.competition_id == competition.id, Question.code == code)
+        question = session.scalar(query.with_for_update() if lock else query)
+        if question is None:
+            raise Problem(falcon.HTTP_404, "question-not-found", "Question not found", f"there is no question {code!r}")
+        return question
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str, code: str) -> None:
+        session, _, competition = _admin(req, self.deps, slug)
+        question = self._get(session, competition, code)
+        write_json(resp, question_admin_view(question, _question_in_use(session, question)))
+
+    def on_patch(self, req: falcon.Request, resp: falcon.Response, slug: str, code: str) -> None:
+        session, actor, competition = _admin(req, self.deps, slug)
+        question = self._get(session, competition, code, lock=True)
+        body = read_body(req, QuestionPatch, self.deps.settings.max_body_bytes)
+        before = question_admin_view(question)
+        in_use = _question_in_use(session, question)
+        if in_use and (body.answer is not None or body.kind is not None or body.points is not None):
+            raise Problem(falcon.HTTP_409, "question-in-use", "Question in use",
+                          f"{code!r} has been claimed or answered; its answer, points and kind are fixed")
+        for attr, column in (("question", "text"), ("answer", "answer"), ("points", "points"),
+                             ("options", "options"), ("difficulty", "difficulty"), ("category", "category"),
+                             ("kind", "kind")):
+            value = getattr(body, attr)
+            if value is not None:
+                setattr(question, column, value)
+        session.flush()
+        after = question_admin_view(question)
+        audit(session, actor, "question.update", competition.id, f"question:{code}", before, after)
+        write_json(resp, after)
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, slug: str, code: str) -> None:
+        session, actor, competition = _admin(req, self.deps, slug)
+        question = self._get(session, competition, code, lock=True)
+        if _question_in_use(session, question):
+            raise Problem(falcon.HTTP_409, "question-in-use", "Question in use",
+                          f"{code!r} has been claimed or answered and cannot be deleted")
+        audit(session, actor, "question.delete", competition.id, f"question:{code}",
+              question_admin_view(question), None)
+        session.delete(question)
+        resp.status = falcon.HTTP_204
+
+
+_CSV_COLUMNS = ["questionId", "question", "answer", "points", "options", "difficulty", "category", "kind"]
+
+
+def _rows_from_csv(raw: bytes) -> list[dict[str, Any]]:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise Problem(falcon.HTTP_400, "bad-request", "Bad request", "the CSV must be UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text))
+    missing = {"questionId", "question", "answer"} - set(reader.fieldnames or [])
+    if missing:
+        raise Problem(falcon.HTTP_422, "validation-error", "Request validation failed",
+                      f"the CSV header lacks {', '.join(sorted(missing))}",
+                      errors=[{"field": "header", "message": f"missing column {m}"} for m in sorted(missing)])
+    rows = []
+    for record in reader:
+        row: dict[str, Any] = {k: v for k, v in record.items() if k and v not in (None, "")}
+        if "points" in row:
+            # Non-numbers stay text, so validation names the row and the field.
+            with contextlib.suppress(ValueError):
+                row["points"] = int(row["points"])
+        if "options" in row:
+            row["options"] = [o for o in row["options"].split("|") if o]
+        rows.append(row)
+    return rows
+
+
+class QuestionImport:
+    """All-or-nothing bulk import from CSV or JSON, with a per-row error report."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        session, actor, competition = _admin(req, self.deps, slug)
+        limit = self.deps.settings.max_body_bytes * 64
+        raw = req.bounded_stream.read(limit + 1)
+        if len(raw) > limit:
+            raise Problem(falcon.HTTP_413, "payload-too-large", "Payload too large",
+                          f"an import may be at most {limit} bytes")
+        content_type = (req.content_type or "").split(";", 1)[0].strip().lower()
+        if content_type in ("text/csv", "application/csv"):
+            rows = _rows_from_csv(raw)
+        elif content_type == "application/json" or content_type.endswith("+json"):
+            try:
+                rows = msgspec.json.decode(raw)
+            except msgspec.DecodeError as exc:
+                raise Problem(falcon.HTTP_400, "malformed-json", "Malformed JSON", str(exc)) from None
+            if isinstance(rows, dict) and isinstance(rows.get("items"), list):
+                rows = rows["items"]
+            if not isinstance(rows, list):
+                raise invalid("body", "must be a list of questions (or {\"items\": [...]})")
+        else:
+            raise Problem(falcon.HTTP_415, "unsupported-media-type", "Unsupported media type",
+                          "send text/csv or application/json")
+        if not rows:
+            raise invalid("body", "the import holds no questions")
+        errors: list[dict[str, str]] = []
+        parsed: list[NewQuestion] = []
+        seen: dict[str, int] = {}
+        for i, row in enumerate(rows, start=1):
+            try:
+                q = msgspec.convert(row, NewQuestion)
+            except msgspec.ValidationError as exc:
+                errors.append({"field": f"row {i}", "message": str(exc), "row": str(i)})
+                continue
+            if q.question_id in seen:
+                errors.append({"field": f"row {i}.questionId", "row": str(i),
+                               "message": f"duplicates row {seen[q.question_id]}"})
+            seen.setdefault(q.question_id, i)
+            parsed.append(q)
+        if seen:
+            taken = set(session.scalars(select(Question.code).where(
+                Question.competition_id == competition.id, Question.code.in_(seen))))
+            for code in sorted(taken):
+                errors.append({"field": f"row {seen[code]}.questionId", "row": str(seen[code]),
+                               "message": f"question {code!r} already exists"})
+        if errors:
+            raise Problem(falcon.HTTP_422, "import-rejected", "Import rejected",
+                          f"{len(errors)} problem(s) in {len(rows)} row(s); nothing was imported", errors=errors)
+        session.add_all([
+            Question(competition_id=competition.id, code=q.question_id, text=q.question, options=q.options,
+                     answer=q.answer, points=q.points, difficulty=q.difficulty, category=q.category, kind=q.kind)
+            for q in parsed
+        ])
+        session.flush()
+        audit(session, actor, "questions.import", competition.id, None, None,
+              {"count": len(parsed), "format": content_type})
+        write_json(resp, {"imported": len(parsed), "errors": []}, falcon.HTTP_201)
+
+
+class QuestionExport:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        session, _, competition = _admin(req, self.deps, slug)
+        fmt = _format(req)
+        questions = session.scalars(
+            select(Question).where(Question.competition_id == competition.id).order_by(Question.id)
+        ).all()
+        rows = [question_admin_view(q) for q in questions]
+        if fmt == "csv":
+            _csv(resp, rows, _CSV_COLUMNS, f"{slug}-questions.csv")
+        else:
+            write_json(resp, {"items": rows})
+
+
+class Results:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        session, _, competition = _admin(req, self.deps, slug)
+        rows = standings(session, competition)
+        if _format(req) == "csv":
+            _csv(resp, rows, ["rank", "teamName", "points", "disqualified", "claims", "answers", "correctAnswers",
+                              "members", "email", "teamId", "registeredAt"], f"{slug}-results.csv")
+        else:
+            write_json(resp, {"competition": slug, "state": competition.state, "standings": rows})
+
+
+class Ledger:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        session, _, competition = _admin(req, self.deps, slug)
+        query = (
+            select(ScoreEvent, Team.name)
+            .join(Team, Team.id == ScoreEvent.team_id)
+            .where(ScoreEvent.competition_id == competition.id)
+            .order_by(ScoreEvent.id)
+        )
+        team = req.get_param("teamId")
+        if team is not None:
+            query = query.where(ScoreEvent.team_id == _team_id(team))
+        rows = [
+            {
+                "teamId": e.ScoreEvent.team_id,
+                "teamName": e.name,
+                "delta": e.ScoreEvent.delta,
+                "pointsAfter": e.ScoreEvent.points_after,
+                "reason": e.ScoreEvent.reason,
+                "reference": e.ScoreEvent.reference,
+                "at": iso(e.ScoreEvent.created_at),
+            }
+            for e in session.execute(query).all()
+        ]
+        if _format(req) == "csv":
+            _csv(resp, rows, ["at", "teamId", "teamName", "delta", "pointsAfter", "reason", "reference"],
+                 f"{slug}-ledger.csv")
+        else:
+            write_json(resp, {"competition": slug, "items": rows})
+
+
+class AuditLog:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        session, _, competition = _admin(req, self.deps, slug)
+        limit, offset = page_params(req)
+        query = select(AuditEntry).where(AuditEntry.competition_id == competition.id)
+        action = req.get_param("action")
+        if action:
+            query = query.where(AuditEntry.action.startswith(action))
+        since = req.get_param("since")
+        if since:
+            try:
+                query = query.where(AuditEntry.at >= datetime.fromisoformat(since.replace("Z", "+00:00")))
+            except ValueError:
+                raise invalid("since", "must be an ISO 8601 time", falcon.HTTP_400) from None
+        entries = session.scalars(query.order_by(AuditEntry.id).limit(limit).offset(offset)).all()
+        items = [
+            {"id": e.id, "at": iso(e.at), "actor": e.actor, "action": e.action, "target": e.target,
+             "before": e.before, "after": e.after}
+            for e in entries
+        ]
+        write_json(resp, {"items": items, "nextCursor": next_cursor(offset, limit, len(items))})
