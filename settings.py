@@ -77,6 +77,14 @@ class Settings:
     sweep_after: float = 15.0
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     redis_prefix: str = "quiz"
+    # Derives deterministic registration tokens for idempotent retries; defaults to the admin token.
+    secret_key: str = ""
+    # Writes allowed per window, per team and per client address (0 turns a limit off).
+    rate_limit_window: int = 10
+    rate_limit_team: int = 100
+    rate_limit_ip: int = 1000
+    # Wrong answers allowed per team per minute before submissions are refused with 429.
+    wrong_answer_limit: int = 30
 
     @property
     def production(self) -> bool:
@@ -121,6 +129,11 @@ class Settings:
             sweep_after=_float(env, "SWEEP_AFTER", cls.sweep_after),
             cors_origins=origins,
             redis_prefix=env.get("REDIS_PREFIX", cls.redis_prefix),
+            secret_key=env.get("SECRET_KEY", "") or admin_token,
+            rate_limit_window=_int(env, "RATE_LIMIT_WINDOW", cls.rate_limit_window, minimum=1),
+            rate_limit_team=_int(env, "RATE_LIMIT_TEAM", cls.rate_limit_team),
+            rate_limit_ip=_int(env, "RATE_LIMIT_IP", cls.rate_limit_ip),
+            wrong_answer_limit=_int(env, "WRONG_ANSWER_LIMIT", cls.wrong_answer_limit),
         )
 
     def with_overrides(self, **changes: Any) -> Settings:

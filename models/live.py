@@ -137,6 +137,20 @@ class Live:
                              args=[int(time.time() * 1_000_000), count]))
         return last - count + 1
 
+    def _wrong_key(self, team_id: int) -> str:
+        return f"{self.prefix}:wrong:{team_id}:{int(time.time() // 60)}"
+
+    def count_wrong_answer(self, team_id: int) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.incr(self._wrong_key(team_id))
+        pipe.expire(self._wrong_key(team_id), 120)
+        pipe.execute()
+
+    def wrong_answers(self, team_id: int) -> tuple[int, float]:
+        """Wrong answers this minute, and the seconds until the minute ends."""
+        raw = self.redis.get(self._wrong_key(team_id))
+        return (int(raw) if raw else 0), 60 - time.time() % 60
+
     def publish_changes(self, message: dict[str, Any]) -> None:
         self.redis.publish(self.changes_channel, json.dumps(message))
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 
 import falcon
-from sqlalchemy.exc import IntegrityError
+import redis
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from settings import Settings
+from web import openapi
 from web.deps import Deps
 from web.errors import Problem, register_error_handlers
 from web.middleware import ResponseHeaders, SessionScope
+from web.ratelimit import RateLimiter, RateLimits
 from web.resources import game, health, manage, organiser
 
 log = logging.getLogger(__name__)
@@ -22,16 +26,31 @@ def _integrity_conflict(req: falcon.Request, resp: falcon.Response, ex: Integrit
     raise Problem(falcon.HTTP_409, "conflict", "Conflict", "the request conflicts with the current state; retry")
 
 
+def _unavailable(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict) -> None:
+    log.warning("dependency unavailable on %s %s: %s", req.method, req.path, ex)
+    raise Problem(falcon.HTTP_503, "service-unavailable", "Service unavailable",
+                  "the database or Redis is unreachable; retry shortly", headers={"Retry-After": "5"})
+
+
 def create_app(settings: Settings, deps: Deps | None = None) -> falcon.App:
     deps = deps or Deps.create(settings)
-    app = falcon.App(middleware=[ResponseHeaders(settings), SessionScope(deps.sessions)])
+    app = falcon.App(middleware=[
+        ResponseHeaders(settings),
+        RateLimits(settings, RateLimiter(deps.redis, settings.redis_prefix)),
+        SessionScope(deps.sessions),
+    ])
     app.req_options.strip_url_path_trailing_slash = True
     app.resp_options.default_media_type = falcon.MEDIA_JSON
     register_error_handlers(app)
     app.add_error_handler(IntegrityError, _integrity_conflict)
+    for error in (OperationalError, SATimeoutError, redis.ConnectionError, redis.TimeoutError):
+        app.add_error_handler(error, _unavailable)
 
     base = "/api/v1"
     comp = base + "/competitions/{slug}"
+    app.add_route("/openapi.json", openapi.OpenAPIDocument())
+    app.add_route("/docs", openapi.Docs())
+    app.add_static_route("/docs/static", str(openapi.swagger_static_dir()))
     app.add_route("/healthz", health.Healthz())
     app.add_route("/readyz", health.Readyz(deps))
     app.add_route("/metrics", health.Metrics(deps))

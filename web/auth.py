@@ -3,6 +3,7 @@ admin token. Comparisons are constant-time."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -12,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.tables import Competition, Team
+from settings import Settings
 from web.errors import Problem
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="quiz"'}
@@ -19,6 +21,12 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="quiz"'}
 
 def new_token() -> str:
     return secrets.token_urlsafe(32)
+
+
+def registration_token(settings: Settings, slug: str, key: str) -> str:
+    secret = (settings.secret_key or settings.admin_token).encode()
+    digest = hmac.new(secret, f"register|{slug}|{key}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 def token_hash(token: str) -> bytes:

@@ -65,6 +65,7 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> str | None:
     at = job.finished_at
     try:
         ctx.publisher.announce(competition, job, outbox, at)
+        ctx.publisher.count_wrong(job)
     except Exception:
         # The game state is committed; a lost announcement is repaired by the sweeper's
         # leaderboard rebuild and by clients reading the job.

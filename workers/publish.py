@@ -101,5 +101,9 @@ class Publisher:
                 # Public score changes go to the realtime servers' coalescers, not to clients.
                 self.live.publish_changes(payload)
 
+    def count_wrong(self, job: Job) -> None:
+        if job.kind == "submit" and job.result is not None and job.result.get("correct") is False:
+            self.live.count_wrong_answer(job.team_id)
+
     def job_finished(self, job: Job) -> None:
         self.live.publish_job_done(str(job.id), job.status)

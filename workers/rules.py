@@ -14,6 +14,7 @@ from sqlalchemy import exists, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from models.live import iso
 from models.ranking import rank_of
 from models.tables import Claim, Competition, Job, MysteryBox, Question, ScoreEvent, Submission, Team
 
@@ -32,7 +33,7 @@ class ScoreChange:
     team: Team
     delta: int
     reason: str
-    rank: int
+    rank: int | None
 
 
 @dataclass
@@ -151,7 +152,7 @@ def register(session: Session, competition: Competition, job: Job, outbox: Outbo
         "teamName": team.name,
         "points": team.points,
         "registered": True,
-        "deadline": deadline.isoformat() if deadline else None,
+        "deadline": iso(deadline) if deadline else None,
     }
 
 
@@ -391,7 +392,7 @@ def team_update(session: Session, competition: Competition, job: Job, outbox: Ou
         team.points_version = team.points_version + 1
         session.flush()
         outbox.scores.append(ScoreChange(team=team, delta=0, reason=",".join(reasons),
-                                         rank=0 if team.disqualified else rank_of(session, team)))
+                                         rank=None if team.disqualified else rank_of(session, team)))
     return {**_team_summary(session, team), "changes": reasons}
 
 

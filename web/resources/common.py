@@ -93,7 +93,7 @@ def accept_job(
         assert existing is not None
         if existing.kind != kind or existing.payload != payload or existing.competition_id != competition.id:
             raise invalid("Idempotency-Key", "this key was already used for a different request")
-        respond_with_job(resp, existing, extra=None, replayed=True)
+        respond_with_job(resp, existing, extra=extra, replayed=True)
         return
     session.commit()
     event = deps.waiter.register(str(job_id)) if wait else None

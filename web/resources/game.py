@@ -12,11 +12,12 @@ from sqlalchemy.orm import Session
 from models.live import FrozenBoards, iso, utcnow
 from models.ranking import frozen_board, is_frozen, leaderboard, rank_of
 from models.tables import Claim, Job, MysteryBox, Question, Submission
-from web.auth import bearer, is_admin, new_token, require_team, token_hash
+from web.auth import bearer, is_admin, new_token, registration_token, require_team, token_hash
 from web.deps import Deps
 from web.errors import Problem, invalid
 from web.media import read_body, write_json
-from web.resources.common import accept_job, get_competition, next_cursor, page_params
+from web.ratelimit import too_many
+from web.resources.common import accept_job, get_competition, idempotency_key, next_cursor, page_params
 from web.schemas import BuyMysteryBox, ClaimQuestion, RegisterTeam, SubmitAnswer
 from workers.publish import job_view
 from workers.routing import REGISTRATIONS, board_queue, mystery_queue
@@ -37,7 +38,10 @@ class Teams:
         body = read_body(req, RegisterTeam, self.deps.settings.max_body_bytes)
         session: Session = req.context.session
         competition = get_competition(session, slug)
-        token = new_token()
+        key = idempotency_key(req)
+        # With an Idempotency-Key the token is derived from it, so a retried registration maps
+        # to the same owner and gets the same job and the same token back.
+        token = registration_token(self.deps.settings, slug, key) if key else new_token()
         payload = {
             "teamName": _clean(body.team_name, "teamName"),
             "members": [_clean(m, f"members[{i}]") for i, m in enumerate(body.members)],
@@ -117,6 +121,11 @@ class Submissions:
         competition = get_competition(session, slug)
         team = require_team(req, session, competition)
         body = read_body(req, SubmitAnswer, self.deps.settings.max_body_bytes)
+        limit = self.deps.settings.wrong_answer_limit
+        if limit:
+            wrong, reset = self.deps.live.wrong_answers(team.id)
+            if wrong >= limit:
+                raise too_many(reset, f"more than {limit} wrong answers this minute; wait before answering again")
         accept_job(req, resp, self.deps, competition=competition, kind="submit",
                    queue=board_queue(self.deps.settings, competition.id, body.question_id),
                    payload={"questionId": body.question_id, "answer": body.answer},
