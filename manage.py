@@ -932,7 +932,8 @@ def cmd_services() -> int:
         if services.postgres is None and services.redis is None:
             _say("DATABASE_URL and REDIS_URL are both set; nothing to start")
             return 0
-        _say("Ctrl-C stops them")
+        owned = [s for s in (services.postgres, services.redis) if s is not None and s.proc is not None]
+        _say("Ctrl-C stops them" if owned else "Ctrl-C exits; the servers belong to the other manage.py")
         while True:
             problem = services.dead()
             if problem is not None:
