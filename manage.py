@@ -73,8 +73,7 @@ class Stop(BaseException):
 
 @dataclass
 class _Teardown:
-    active: bool = False
-    force: bool = False
+    force: bool = False  # a second Ctrl-C: skip the grace periods
 
 
 TEARDOWN = _Teardown()
@@ -382,7 +381,7 @@ class EmbeddedServer:
     """One server under <root>/<name>, owned by this launcher or, if another holds its lock, shared."""
 
     name = ""
-    default_port = 0
+    default_port = 0  # the first port tried; the next free one below PORT_CEILING otherwise
     stop_signal = signal.SIGTERM
 
     def __init__(self, root: Path, durable: bool) -> None:
@@ -494,7 +493,7 @@ class Postgres(EmbeddedServer):
             _ensure_traversable(self.bin, account)
         self._init_cluster(account)
         _stop_orphan(self.dir / "postmaster.pid", self.dir, signal.SIGINT, "postgres")
-        self.port = _free_port(PG_PORT, "postgres")
+        self.port = _free_port(self.default_port, "postgres")
         argv = [
             str(self.bin / "postgres"), "-D", str(self.dir), "-p", str(self.port), "-h", LOOPBACK,
             "-k", "",  # TCP only: no socket file in /tmp to clash with another cluster
@@ -563,7 +562,7 @@ class Redis(EmbeddedServer):
         self.dir.mkdir(parents=True, exist_ok=True)
         pid_file = self.dir / "redis.pid"
         _stop_orphan(pid_file, self.dir, signal.SIGTERM, "redis")
-        self.port = _free_port(REDIS_PORT, "redis")
+        self.port = _free_port(self.default_port, "redis")
         argv = [
             str(self.binary), "--port", str(self.port), "--bind", LOOPBACK, "--dir", str(self.dir),
             "--pidfile", str(pid_file), "--daemonize", "no", "--logfile", "", "--save", "",
@@ -756,7 +755,6 @@ def _enter_teardown() -> None:
             _say("asked again: killing what is left")
         TEARDOWN.force = True
 
-    TEARDOWN.active = True
     signal.signal(signal.SIGINT, hurry)
     signal.signal(signal.SIGTERM, hurry)
 
