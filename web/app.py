@@ -6,7 +6,7 @@ import logging
 
 import falcon
 import redis
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from settings import Settings
@@ -26,6 +26,13 @@ def _integrity_conflict(req: falcon.Request, resp: falcon.Response, ex: Integrit
     raise Problem(falcon.HTTP_409, "conflict", "Conflict", "the request conflicts with the current state; retry")
 
 
+def _unstorable(req: falcon.Request, resp: falcon.Response, ex: DataError, params: dict) -> None:
+    # Input the schema let through but PostgreSQL cannot store (a range or encoding limit).
+    log.info("data error on %s %s: %s", req.method, req.path, ex.orig)
+    raise Problem(falcon.HTTP_422, "validation-error", "Request validation failed",
+                  "a value is out of range or cannot be stored", errors=[{"field": "body", "message": str(ex.orig)}])
+
+
 def _unavailable(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict) -> None:
     log.warning("dependency unavailable on %s %s: %s", req.method, req.path, ex)
     raise Problem(falcon.HTTP_503, "service-unavailable", "Service unavailable",
@@ -40,9 +47,11 @@ def create_app(settings: Settings, deps: Deps | None = None) -> falcon.App:
         SessionScope(deps.sessions),
     ])
     app.req_options.strip_url_path_trailing_slash = True
+    app.req_options.keep_blank_qs_values = True
     app.resp_options.default_media_type = falcon.MEDIA_JSON
     register_error_handlers(app)
     app.add_error_handler(IntegrityError, _integrity_conflict)
+    app.add_error_handler(DataError, _unstorable)
     for error in (OperationalError, SATimeoutError, redis.ConnectionError, redis.TimeoutError):
         app.add_error_handler(error, _unavailable)
 

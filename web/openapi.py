@@ -355,7 +355,8 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     },
     COMP + "/leaderboard": {
         "get": _op("The leaderboard (frozen standings for the public while a freeze lasts)", "competitions",
-                   PUBLIC, {200: ("Standings", LeaderboardView)}, params=(SLUG, LIMIT, CURSOR)),
+                   PUBLIC, {200: ("Standings", LeaderboardView)},
+                   params=(SLUG, {**LIMIT, "schema": {"type": "integer", "minimum": 1, "maximum": 500}}, CURSOR)),
     },
     COMP + "/questions": {
         "get": _op("The board (no answers); organisers get the whole bank, filterable by ?kind=", "competitions",
@@ -445,6 +446,8 @@ def build_spec() -> dict[str, Any]:
                 entry: dict[str, Any] = {"description": text}
                 if type_ is not None:
                     entry["content"] = {"application/json": {"schema": schema_of(type_)}}
+                    if FORMAT in op["params"]:
+                        entry["content"]["text/csv"] = {"schema": {"type": "string"}}
                     if status == 202:
                         entry["headers"] = {"Location": {"schema": {"type": "string"},
                                                          "description": "The job's URL"}}

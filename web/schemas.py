@@ -12,12 +12,18 @@ Difficulty = Literal["EASY", "MEDIUM", "HARD"]
 Kind = Literal["board", "mystery"]
 State = Literal["draft", "open", "running", "paused", "finished"]
 
-Name = Annotated[str, Meta(min_length=1, max_length=64)]
+# PostgreSQL text cannot hold NUL, so it is refused at the edge with a field-level error.
+NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_NUL)]
 Code = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
 Slug = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9\-]*$")]
 Email = Annotated[str, Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
 Points = Annotated[int, Meta(ge=0, le=1_000_000)]
-AnswerText = Annotated[str, Meta(min_length=1, max_length=1000)]
+AnswerText = Annotated[str, Meta(min_length=1, max_length=1000, pattern=NO_NUL)]
+Text = Annotated[str, Meta(min_length=1, max_length=5000, pattern=NO_NUL)]
+Option = Annotated[str, Meta(max_length=1000, pattern=NO_NUL)]
+Category = Annotated[str, Meta(max_length=100, pattern=NO_NUL)]
+Title = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 
 
 class Body(msgspec.Struct, rename="camel", kw_only=True):
@@ -50,7 +56,7 @@ class PerDifficulty(msgspec.Struct, rename="upper", forbid_unknown_fields=True):
 
 
 class CompetitionSettings(Body, kw_only=True):
-    title: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    title: Title | None = None
     starting_points: Points | None = None
     max_open_claims: Annotated[int, Meta(ge=1, le=100)] | None = None
     time_limit_seconds: Annotated[int, Meta(ge=1, le=7 * 24 * 3600)] | None = None
@@ -63,7 +69,7 @@ class CompetitionSettings(Body, kw_only=True):
 
 class CreateCompetition(CompetitionSettings, kw_only=True):
     slug: Slug
-    title: Annotated[str, Meta(min_length=1, max_length=200)]  # type: ignore[assignment]
+    title: Title  # type: ignore[assignment]
 
 
 class UpdateCompetition(CompetitionSettings, kw_only=True):
@@ -75,16 +81,16 @@ class UpdateCompetition(CompetitionSettings, kw_only=True):
 
 class NewQuestion(Body, kw_only=True):
     question_id: Code
-    question: Annotated[str, Meta(min_length=1, max_length=5000)]
+    question: Text
     answer: AnswerText
     points: Points = 100
-    options: Annotated[list[Annotated[str, Meta(max_length=1000)]], Meta(max_length=20)] = []
+    options: Annotated[list[Option], Meta(max_length=20)] = []
     difficulty: Difficulty = "MEDIUM"
-    category: Annotated[str, Meta(max_length=100)] | None = None
+    category: Category | None = None
     kind: Kind = "board"
 
 
-NewQuestions = NewQuestion | list[NewQuestion]
+NewQuestions = NewQuestion | Annotated[list[NewQuestion], Meta(min_length=1, max_length=5000)]
 
 
 class TeamPatch(Body, kw_only=True):
@@ -94,14 +100,14 @@ class TeamPatch(Body, kw_only=True):
 
 class AdjustPoints(Body, kw_only=True):
     delta: Annotated[int, Meta(ge=-1_000_000, le=1_000_000)]
-    reason: Annotated[str, Meta(min_length=1, max_length=500)]
+    reason: Annotated[str, Meta(min_length=1, max_length=500, pattern=NO_NUL)]
 
 
 class QuestionPatch(Body, kw_only=True):
-    question: Annotated[str, Meta(min_length=1, max_length=5000)] | None = None
+    question: Text | None = None
     answer: AnswerText | None = None
     points: Points | None = None
-    options: Annotated[list[Annotated[str, Meta(max_length=1000)]], Meta(max_length=20)] | None = None
+    options: Annotated[list[Option], Meta(max_length=20)] | None = None
     difficulty: Difficulty | None = None
-    category: Annotated[str, Meta(max_length=100)] | None = None
+    category: Category | None = None
     kind: Kind | None = None

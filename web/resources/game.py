@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from models.live import FrozenBoards, iso, utcnow
 from models.ranking import frozen_board, is_frozen, leaderboard, rank_of
-from models.tables import Claim, Job, MysteryBox, Question, Submission
+from models.tables import Claim, Job, MysteryBox, Question, Submission, Team
 from web.auth import bearer, is_admin, new_token, registration_token, require_team, token_hash
 from web.deps import Deps
 from web.errors import Problem, invalid
@@ -171,10 +171,17 @@ class JobItem:
                           "send the teamToken (or the organiser token) as a Bearer token",
                           headers={"WWW-Authenticate": 'Bearer realm="quiz"'})
         job = session.get(Job, job_id)
+        digest = token_hash(token)
+        if job is not None and (is_admin(token, self.deps.settings.admin_token) or job.owner_hash == digest):
+            write_json(resp, job_view(job))
+            return
+        known = session.scalar(select(exists().where(Job.owner_hash == digest))) or session.scalar(
+            select(exists().where(Team.token_hash == digest)))
+        if not known and not is_admin(token, self.deps.settings.admin_token):
+            raise Problem(falcon.HTTP_401, "unauthorized", "Authentication required", "the token is not valid",
+                          headers={"WWW-Authenticate": 'Bearer realm="quiz"'})
         # Someone else's job is indistinguishable from no job.
-        if job is None or not (is_admin(token, self.deps.settings.admin_token) or job.owner_hash == token_hash(token)):
-            raise Problem(falcon.HTTP_404, "job-not-found", "Job not found", f"there is no job {job_id} of yours")
-        write_json(resp, job_view(job))
+        raise Problem(falcon.HTTP_404, "job-not-found", "Job not found", f"there is no job {job_id} of yours")
 
 
 class Leaderboard:

@@ -36,7 +36,9 @@ def _team_id(raw: str) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise Problem(falcon.HTTP_404, "team-not-found", "Team not found", f"there is no team {raw!r}") from None
+        value = 0
+    if not 1 <= value < 2**63:
+        raise Problem(falcon.HTTP_404, "team-not-found", "Team not found", f"there is no team {raw!r}")
     return value
 
 

@@ -14,7 +14,7 @@ from models.live import competition_room, iso, organisers_room, utcnow
 from models.tables import AuditEntry, Claim, Competition, Question
 from web.auth import bearer, is_admin, require_admin
 from web.deps import Deps
-from web.errors import Problem
+from web.errors import Problem, invalid
 from web.media import read_body, write_json
 from web.resources.common import get_competition, next_cursor, page_params
 from web.resources.game import list_board
@@ -199,6 +199,8 @@ class Questions:
             claimed = select(func.count()).where(Claim.question_id == Question.id).scalar_subquery() > 0
             query = select(Question, claimed.label("claimed")).where(Question.competition_id == competition.id)
             kind = req.get_param("kind")
+            if kind and kind not in ("board", "mystery"):
+                raise invalid("kind", "must be board or mystery", falcon.HTTP_400)
             if kind:
                 query = query.where(Question.kind == kind)
             rows = session.execute(query.order_by(Question.id).limit(limit).offset(offset)).all()
