@@ -83,6 +83,8 @@ class Settings:
     rate_limit_window: int = 10
     rate_limit_team: int = 100
     rate_limit_ip: int = 1000
+    # A worker applies up to this many waiting jobs of its queue in one transaction.
+    worker_batch_size: int = 50
     # Wrong answers allowed per team per minute before submissions are refused with 429.
     wrong_answer_limit: int = 30
 
@@ -133,6 +135,7 @@ class Settings:
             rate_limit_window=_int(env, "RATE_LIMIT_WINDOW", cls.rate_limit_window, minimum=1),
             rate_limit_team=_int(env, "RATE_LIMIT_TEAM", cls.rate_limit_team),
             rate_limit_ip=_int(env, "RATE_LIMIT_IP", cls.rate_limit_ip),
+            worker_batch_size=_int(env, "WORKER_BATCH_SIZE", cls.worker_batch_size, minimum=1),
             wrong_answer_limit=_int(env, "WRONG_ANSWER_LIMIT", cls.wrong_answer_limit),
         )
 

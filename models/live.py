@@ -105,18 +105,19 @@ class Live:
     def _keys(self, competition_id: int) -> list[str]:
         return [f"{self.prefix}:lb:{competition_id}", f"{self.prefix}:lbt:{competition_id}"]
 
-    def update(self, competition_id: int, standings: list[Standing]) -> None:
+    def update(self, competition_id: int, standings: list[Standing], pipe: Any = None) -> None:
         if not standings:
             return
         keys = self._keys(competition_id)
-        pipe = self.redis.pipeline(transaction=False)
+        target = pipe if pipe is not None else self.redis.pipeline(transaction=False)
         for s in standings:
             self._update(
                 keys=keys,
                 args=[s.team_id, s.version, _member(s), s.points, s.name, "1" if s.visible else "0"],
-                client=pipe,
+                client=target,
             )
-        pipe.execute()
+        if pipe is None:
+            target.execute()
 
     def top(self, competition_id: int, limit: int) -> list[dict[str, Any]]:
         flat = self._top(keys=self._keys(competition_id), args=[limit])
@@ -131,6 +132,11 @@ class Live:
     def clear(self, competition_id: int) -> None:
         self.redis.delete(*self._keys(competition_id))
 
+    def reserve_seq(self, competition_id: int, count: int, pipe: Any) -> None:
+        """Queue a reservation of ``count`` numbers on a pipeline; its result is the last one."""
+        self._seq(keys=[f"{self.prefix}:seq:{competition_id}"], args=[int(time.time() * 1_000_000), count],
+                  client=pipe)
+
     def next_seq(self, competition_id: int, count: int = 1) -> int:
         """Reserve ``count`` sequence numbers; returns the first. Every event gets its own."""
         last = int(self._seq(keys=[f"{self.prefix}:seq:{competition_id}"],
@@ -140,11 +146,9 @@ class Live:
     def _wrong_key(self, team_id: int) -> str:
         return f"{self.prefix}:wrong:{team_id}:{int(time.time() // 60)}"
 
-    def count_wrong_answer(self, team_id: int) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+    def count_wrong_answer(self, team_id: int, pipe: Any) -> None:
         pipe.incr(self._wrong_key(team_id))
         pipe.expire(self._wrong_key(team_id), 120)
-        pipe.execute()
 
     def wrong_answers(self, team_id: int) -> tuple[int, float]:
         """Wrong answers this minute, and the seconds until the minute ends."""
@@ -153,9 +157,6 @@ class Live:
 
     def publish_changes(self, message: dict[str, Any]) -> None:
         self.redis.publish(self.changes_channel, json.dumps(message))
-
-    def publish_job_done(self, job_id: str, status: str) -> None:
-        self.redis.publish(self.jobs_channel, f"{job_id} {status}")
 
 
 def _text(value: bytes | str) -> str:

@@ -231,6 +231,8 @@ class Job(Base):
             postgresql_where=sql("idempotency_key IS NOT NULL"),
         ),
         Index("ix_jobs_competition_id", "competition_id"),
+        # Workers take a batch of their own queue's waiting jobs in one transaction.
+        Index("ix_jobs_queued_by_queue", "queue", "created_at", postgresql_where=sql("status = 'queued'")),
         # The sweeper's scan: only unfinished jobs are indexed.
         Index("ix_jobs_unfinished", "created_at", postgresql_where=sql("status IN ('queued', 'running')")),
         CheckConstraint(_in("status", JOB_STATUSES), name="status"),

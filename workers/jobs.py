@@ -1,4 +1,11 @@
-"""Running one job: one transaction, idempotent, then the after-commit announcements."""
+"""Running jobs: idempotent, serial per queue, then the after-commit announcements.
+
+A message names one job, but the worker takes that job together with the other jobs
+already waiting on its queue (oldest first, up to ``worker_batch_size``) and applies them in
+one transaction, each inside its own savepoint with its own result. Their own messages
+arrive later, find the jobs finished and do nothing. Batching keeps the per-queue order and
+the one-consumer-per-queue guarantee, and turns N commits and N Redis round trips into one.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +14,24 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import make_engine, make_sessionmaker
 from models.live import Live, utcnow
 from models.tables import Competition, Job
 from settings import Settings
-from workers.publish import Publisher
+from workers.publish import Announcement, Publisher
 from workers.rules import RULES, GameError, Outbox
 
 log = logging.getLogger(__name__)
 
 FINISHED = ("succeeded", "failed")
+MAX_ATTEMPTS = 3
+
+
+class JobCrashed(Exception):
+    """The named job hit an unexpected error; it stays queued and its message is retried."""
 
 
 @dataclass
@@ -31,50 +44,78 @@ class WorkerContext:
 
     @classmethod
     def create(cls, settings: Settings) -> WorkerContext:
-        # A solo worker runs one transaction at a time; two connections cover the sweeper-like
-        # extra reads without holding idle connections per queue.
         engine = make_engine(settings, pool_size=2)
         live = Live(settings)
         return cls(settings, engine, make_sessionmaker(engine), live, Publisher(settings, live))
 
 
+def _apply(session: Session, job: Job) -> Announcement | None:
+    """Apply one locked, unfinished job inside a savepoint. None means it crashed and stays queued."""
+    competition = session.get(Competition, job.competition_id)
+    assert competition is not None
+    outbox = Outbox()
+    job.attempts += 1
+    job.started_at = job.started_at or utcnow()
+    try:
+        with session.begin_nested():
+            job.result = RULES[job.kind](session, competition, job, outbox)
+        job.status = "succeeded"
+    except GameError as refusal:
+        outbox = Outbox()
+        job.status = "failed"
+        job.error = {"code": refusal.code, "message": refusal.message}
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise
+        # The savepoint is rolled back; the rest of the batch is unaffected.
+        log.exception("job %s (%s) failed in the database, attempt %d", job.id, job.kind, job.attempts)
+        if job.attempts < MAX_ATTEMPTS:
+            return None
+        outbox = Outbox()
+        job.status = "failed"
+        job.error = {"code": "internal_error", "message": "the job could not be completed"}
+    job.finished_at = utcnow()
+    return Announcement(competition, job, outbox)
+
+
 def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> str | None:
-    """Apply a job exactly once. Returns its final status, or None if it was already done."""
+    """Apply the named job exactly once, together with other waiting jobs of its queue.
+
+    Returns the named job's final status, or None if it had already been applied.
+    """
+    announcements: list[Announcement] = []
+    status: str | None = None
+    crashed = False
     with ctx.sessions.begin() as session:
         job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
         if job is None:
             log.warning("job %s does not exist; dropping the message", job_id)
             return None
-        if job.status in FINISHED:
-            log.info("job %s already %s; redelivery ignored", job_id, job.status)
-            return None
-        competition = session.get(Competition, job.competition_id)
-        assert competition is not None
-        outbox = Outbox()
-        job.attempts += 1
-        job.started_at = job.started_at or utcnow()
-        try:
-            with session.begin_nested():
-                job.result = RULES[job.kind](session, competition, job, outbox)
-            job.status = "succeeded"
-        except GameError as refusal:
-            outbox = Outbox()
-            job.status = "failed"
-            job.error = {"code": refusal.code, "message": refusal.message}
-        job.finished_at = utcnow()
-    at = job.finished_at
-    try:
-        ctx.publisher.announce(competition, job, outbox, at)
-        ctx.publisher.count_wrong(job)
-    except Exception:
-        # The game state is committed; a lost announcement is repaired by the sweeper's
-        # leaderboard rebuild and by clients reading the job.
-        log.exception("announcing job %s failed", job_id)
-    try:
-        ctx.publisher.job_finished(job)
-    except Exception:
-        log.exception("notifying waiters of job %s failed", job_id)
-    return job.status
+        queue = job.queue
+        already_done = job.status in FINISHED
+        batch = [] if already_done else [job]
+        limit = ctx.settings.worker_batch_size - len(batch)
+        if limit > 0:
+            batch += session.scalars(
+                select(Job)
+                .where(Job.queue == queue, Job.status == "queued", Job.id != job_id)
+                .order_by(Job.created_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            batch.sort(key=lambda j: j.created_at)
+        for item in batch:
+            announcement = _apply(session, item)
+            if announcement is not None:
+                announcements.append(announcement)
+            elif item.id == job_id:
+                crashed = True
+        status = None if already_done or job.status not in FINISHED else job.status
+    if announcements:
+        ctx.publisher.announce_all(announcements, utcnow())
+    if crashed:
+        raise JobCrashed(f"job {job_id} crashed; retrying")
+    return status
 
 
 def fail_job(ctx: WorkerContext, job_id: uuid.UUID, code: str, message: str) -> None:
@@ -87,9 +128,5 @@ def fail_job(ctx: WorkerContext, job_id: uuid.UUID, code: str, message: str) -> 
         job.error = {"code": code, "message": message}
         job.finished_at = utcnow()
         competition = session.get(Competition, job.competition_id)
-    try:
-        ctx.publisher.announce(competition, job, Outbox(), job.finished_at)
-        ctx.publisher.job_finished(job)
-    except Exception:
-        log.exception("announcing failed job %s failed", job_id)
-
+        assert competition is not None
+    ctx.publisher.announce_all([Announcement(competition, job, Outbox())], utcnow())

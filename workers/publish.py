@@ -1,13 +1,18 @@
-"""After-commit side effects of a job: the leaderboard cache, Socket.IO events, waiters.
+"""After-commit side effects of jobs: the leaderboard cache, Socket.IO events, waiters.
 
 Runs only after the worker's transaction has committed, so nothing announced here can be
-rolled back. A failure here loses no game state: the sweeper rebuilds the leaderboard cache
-from PostgreSQL, and clients can always read the job over REST.
+rolled back. A batch of jobs is announced with two Redis round trips: one to update the
+leaderboard cache and reserve sequence numbers, one pipeline of every publish. A failure
+here loses no game state: the sweeper rebuilds the leaderboard cache from PostgreSQL, and
+clients can always read their jobs over REST.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -39,71 +44,123 @@ def job_view(job: Job) -> dict[str, Any]:
     return view
 
 
+@dataclass
+class Announcement:
+    competition: Competition
+    job: Job
+    outbox: Outbox
+
+
+class BufferedRedisManager(socketio.RedisManager):
+    """A write-only Socket.IO manager whose publishes are collected and sent in one pipeline."""
+
+    def __init__(self, url: str, channel: str) -> None:
+        super().__init__(url, channel=channel, write_only=True)
+        self.buffer: list[str] | None = None
+
+    def _publish(self, data: dict[str, Any]) -> None:
+        if self.buffer is not None:
+            self.buffer.append(json.dumps(data))
+        else:
+            super()._publish(data)
+
+
+# Event name "" marks a public score change for the realtime coalescers rather than a client event.
+Event = tuple[str, dict[str, Any], Any]
+
+
+def _events(a: Announcement, at: datetime) -> list[Event]:
+    slug = a.competition.slug
+    events: list[Event] = []
+    if a.outbox.scores:
+        public = [
+            {"teamName": c.team.name, "points": c.team.points, "delta": c.delta, "reason": c.reason, "rank": c.rank}
+            for c in a.outbox.scores
+            if not c.team.disqualified or "disqualified" in c.reason
+        ]
+        if public:
+            events.append(("", {"competitionId": a.competition.id, "changes": public}, None))
+        for change in a.outbox.scores:
+            score = {
+                "teamName": change.team.name,
+                "points": change.team.points,
+                "delta": change.delta,
+                "reason": change.reason,
+                "rank": change.rank,
+            }
+            events.append(("score_update", score, team_room(change.team.token_hash)))
+            events.append(("score_update", score, organisers_room(slug)))
+    for code, team_name in a.outbox.claimed:
+        events.append(("question_claimed", {"questionId": code, "teamName": team_name},
+                       [competition_room(slug), organisers_room(slug)]))
+    for team in a.outbox.deadlines:
+        remaining = max(0, int((team.deadline - at).total_seconds())) if team.deadline else None
+        events.append((
+            "time_update",
+            {"deadline": iso(team.deadline) if team.deadline else None, "remainingSeconds": remaining},
+            team_room(team.token_hash),
+        ))
+    events.append(("job_update", job_view(a.job), team_room(a.job.owner_hash)))
+    return events
+
+
 class Publisher:
     def __init__(self, settings: Settings, live: Live) -> None:
         self.settings = settings
         self.live = live
-        self.sio = socketio.RedisManager(settings.redis_url, channel=live.socketio_channel, write_only=True)
+        self.sio = BufferedRedisManager(settings.redis_url, channel=live.socketio_channel)
 
-    def emit(self, event: str, data: dict[str, Any], room: str | list[str]) -> None:
-        self.sio.emit(event, data, room=room, namespace="/")
+    def announce_all(self, announcements: list[Announcement], at: datetime) -> None:
+        try:
+            self._announce(announcements, at)
+        except Exception:
+            # Committed state is safe; the sweeper repairs the leaderboard cache.
+            log.exception("announcing %d job(s) failed", len(announcements))
+        try:
+            pipe = self.live.redis.pipeline(transaction=False)
+            for a in announcements:
+                pipe.publish(self.live.jobs_channel, f"{a.job.id} {a.job.status}")
+                if a.job.kind == "submit" and a.job.result is not None and a.job.result.get("correct") is False:
+                    self.live.count_wrong_answer(a.job.team_id, pipe)
+            pipe.execute()
+        except Exception:
+            log.exception("notifying waiters failed")
 
-    def announce(self, competition: Competition, job: Job, outbox: Outbox, at: datetime) -> None:
-        slug = competition.slug
-        # The cache is updated before the sequence number is taken, so a snapshot that reads
-        # seq and then the leaderboard never claims a seq whose change it does not show.
-        if outbox.scores:
-            self.live.update(competition.id, [standing(c.team) for c in outbox.scores])
-        events: list[tuple[str, dict[str, Any], Any]] = []
-        if outbox.scores:
-            public = [
-                {
-                    "teamName": c.team.name,
-                    "points": c.team.points,
-                    "delta": c.delta,
-                    "reason": c.reason,
-                    "rank": c.rank,
-                }
-                for c in outbox.scores
-                if not c.team.disqualified or "disqualified" in c.reason
-            ]
-            if public:
-                events.append(("", {"competitionId": competition.id, "changes": public}, ""))
-            for change in outbox.scores:
-                score = {
-                    "teamName": change.team.name,
-                    "points": change.team.points,
-                    "delta": change.delta,
-                    "reason": change.reason,
-                    "rank": change.rank,
-                }
-                events.append(("score_update", score, team_room(change.team.token_hash)))
-                events.append(("score_update", score, organisers_room(slug)))
-        for code, team_name in outbox.claimed:
-            events.append(("question_claimed", {"questionId": code, "teamName": team_name},
-                           [competition_room(slug), organisers_room(slug)]))
-        for team in outbox.deadlines:
-            remaining = max(0, int((team.deadline - at).total_seconds())) if team.deadline else None
-            events.append((
-                "time_update",
-                {"deadline": iso(team.deadline) if team.deadline else None, "remainingSeconds": remaining},
-                team_room(team.token_hash),
-            ))
-        events.append(("job_update", job_view(job), team_room(job.owner_hash)))
+    def _announce(self, announcements: list[Announcement], at: datetime) -> None:
+        per_job = [(a, _events(a, at)) for a in announcements]
+        wanted: Counter[int] = Counter()
+        for a, events in per_job:
+            wanted[a.competition.id] += len(events)
+        # The cache is updated before sequence numbers are taken, so any event numbered after
+        # a change describes a leaderboard that already includes it.
+        pipe = self.live.redis.pipeline(transaction=False)
+        for a, _ in per_job:
+            if a.outbox.scores:
+                self.live.update(a.competition.id, [standing(c.team) for c in a.outbox.scores], pipe)
+        for competition_id, count in wanted.items():
+            self.live.reserve_seq(competition_id, count, pipe)
+        results = pipe.execute()
+        last = results[-len(wanted):]
+        next_seq = {cid: int(end) - wanted[cid] + 1 for cid, end in zip(wanted, last, strict=True)}
 
-        seq = self.live.next_seq(competition.id, len(events))
         stamp = iso(at)
-        for offset, (event, data, room) in enumerate(events):
-            payload = {"competition": slug, "seq": seq + offset, "at": stamp, **data}
-            if event:
-                self.emit(event, payload, room)
-            else:
-                # Public score changes go to the realtime servers' coalescers, not to clients.
-                self.live.publish_changes(payload)
-
-    def count_wrong(self, job: Job) -> None:
-        if job.kind == "submit" and job.result is not None and job.result.get("correct") is False:
-            self.live.count_wrong_answer(job.team_id)
-
-    def job_finished(self, job: Job) -> None:
-        self.live.publish_job_done(str(job.id), job.status)
+        self.sio.buffer = []
+        changes: list[str] = []
+        try:
+            for a, events in per_job:
+                cid = a.competition.id
+                for event, data, room in events:
+                    payload = {"competition": a.competition.slug, "seq": next_seq[cid], "at": stamp, **data}
+                    next_seq[cid] += 1
+                    if event:
+                        self.sio.emit(event, payload, room=room, namespace="/")
+                    else:
+                        changes.append(json.dumps(payload))
+            pipe = self.live.redis.pipeline(transaction=False)
+            for message in self.sio.buffer:
+                pipe.publish(self.sio.channel, message)
+            for message in changes:
+                pipe.publish(self.live.changes_channel, message)
+            pipe.execute()
+        finally:
+            self.sio.buffer = None

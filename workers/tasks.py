@@ -7,6 +7,7 @@ and redelivered if a worker dies mid-job.
 from __future__ import annotations
 
 import logging
+import random
 import uuid
 
 import redis.exceptions
@@ -15,7 +16,7 @@ from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from workers.celery_app import app
-from workers.jobs import WorkerContext, fail_job, run_job
+from workers.jobs import JobCrashed, WorkerContext, fail_job, run_job
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +58,16 @@ class JobTask(Task):
         job_uuid = uuid.UUID(job_id)
         try:
             return run_job(context(), job_uuid)
-        except TRANSIENT as exc:
+        except (*TRANSIENT, DBAPIError, JobCrashed) as exc:
             if self.request.retries >= self.max_retries:
+                log.error("job %s gave up after %d retries: %s", job_id, self.request.retries, exc)
                 fail_job(context(), job_uuid, "internal_error", "the job could not be completed; try again")
-                raise
-            # Exponential backoff with jitter: 0.1 s, 0.2 s, ... capped at 5 s.
-            raise self.retry(exc=exc, countdown=min(5.0, 0.1 * 2**self.request.retries)) from exc
-        except DBAPIError:
-            log.exception("job %s hit a database error", job_id)
-            if self.request.retries >= 2:
-                fail_job(context(), job_uuid, "internal_error", "the job could not be completed")
                 return "failed"
-            raise self.retry(countdown=0.2) from None
+            # Exponential backoff with jitter, capped at 5 s.
+            delay = min(5.0, 0.1 * 2**self.request.retries) * random.uniform(0.5, 1.5)
+            raise self.retry(exc=exc, countdown=delay) from exc
         except Exception:
+            # A bug, not a transient fault: answer the client rather than loop forever.
             log.exception("job %s crashed", job_id)
             fail_job(context(), job_uuid, "internal_error", "the job could not be completed")
             return "failed"
