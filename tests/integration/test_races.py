@@ -1,0 +1,146 @@
+"""Races the old system lost: many teams doing the same thing at the same instant."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import func, select
+
+from models.tables import Claim, MysteryBox, Question, ScoreEvent, Team
+from tests.support import Api, Db, concurrently, expect, failed_with, questions, register_teams, unique
+
+
+def _job_views(api: Api, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """GET every job as its owner sees it."""
+    views = []
+    for job_id, token in pairs:
+        resp = api.job(job_id, token)
+        expect(resp, 200)
+        views.append(resp.json())
+    return views
+
+
+def test_hundred_teams_claim_one_question(api: Api, db: Db, competition: dict[str, Any]) -> None:
+    slug = competition["slug"]
+    api.add_questions(slug, questions(1))
+    teams = register_teams(api, db, slug, [f"Claimer {i}" for i in range(100)])
+    jobs_before = db.count_jobs()
+
+    responses = concurrently(
+        [lambda t=t: api.request("POST", f"/api/v1/competitions/{slug}/claims", token=t.token,
+                                 json={"questionId": "Q1"}) for t in teams],
+        api,
+    )
+
+    assert [r.status_code for r in responses] == [202] * 100
+    job_ids = [r.json()["jobId"] for r in responses]
+    db.wait_jobs(job_ids)
+    views = _job_views(api, [(job_id, t.token) for job_id, t in zip(job_ids, teams, strict=True)])
+    winners = [(v, t) for v, t in zip(views, teams, strict=True) if v["status"] == "succeeded"]
+    losers = [v for v in views if v["status"] != "succeeded"]
+    assert len(winners) == 1
+    assert len(losers) == 99
+    for view in losers:
+        failed_with(view, "question_already_claimed")
+    winner_view, winner = winners[0]
+    assert winner_view["result"]["questionId"] == "Q1"
+    assert "answer" not in winner_view["result"]
+
+    competition_id = db.competition(slug).id
+    claims = db.all(select(Claim.team_id, Question.code).join(Question, Question.id == Claim.question_id)
+                    .where(Claim.competition_id == competition_id))
+    assert [(c.team_id, c.code) for c in claims] == [(winner.id, "Q1")]
+    assert db.count_jobs() == jobs_before + 100
+    board = api.request("GET", f"/api/v1/competitions/{slug}/questions").json()["items"]
+    assert [(q["questionId"], q["claimed"]) for q in board] == [("Q1", True)]
+
+
+def test_two_hundred_registrations_with_repeated_names(api: Api, db: Db, competition: dict[str, Any]) -> None:
+    slug = competition["slug"]
+    unique_names = [f"Team {i} {unique('n')[-6:]}" for i in range(178)] + ["Owls", "Night Owls"]
+    variants = (
+        ["owls", "OWLS", "Night owls", "night  owls ", "NIGHT OWLS"]
+        + [unique_names[i].upper() for i in range(0, 5)]
+        + [unique_names[i].lower() for i in range(5, 10)]
+        + [unique_names[i] for i in range(10, 15)]
+    )
+    names = unique_names + variants
+    assert len(names) == 200
+    assert len({" ".join(n.split()).casefold() for n in names}) == 180
+    jobs_before = db.count_jobs()
+
+    responses = concurrently([lambda n=n: api.post_registration(slug, n) for n in names], api)
+
+    assert [r.status_code for r in responses] == [202] * 200
+    bodies = [r.json() for r in responses]
+    assert len({b["teamToken"] for b in bodies}) == 200
+    db.wait_jobs([b["jobId"] for b in bodies])
+    views = _job_views(api, [(b["jobId"], b["teamToken"]) for b in bodies])
+    succeeded = [v for v in views if v["status"] == "succeeded"]
+    failed = [v for v in views if v["status"] != "succeeded"]
+    assert len(succeeded) == 180
+    assert len(failed) == 20
+    for view in failed:
+        failed_with(view, "team_name_taken")
+
+    competition_id = db.competition(slug).id
+    teams = db.teams(competition_id)
+    assert len(teams) == 180
+    assert sorted(t.name.casefold() for t in teams) == sorted({" ".join(n.split()).casefold() for n in names})
+    assert sorted(v["result"]["teamName"] for v in succeeded) == sorted(t.name for t in teams)
+    assert {t.points for t in teams} == {1000}
+    assert db.count_jobs() == jobs_before + 200
+    # The winner of each name holds the team; every loser's token is worthless.
+    for body, view in zip(bodies, views, strict=True):
+        me = api.request("GET", f"/api/v1/competitions/{slug}/teams/me", token=body["teamToken"])
+        if view["status"] == "succeeded":
+            expect(me, 200)
+            assert me.json()["teamName"] == view["result"]["teamName"]
+        else:
+            expect(me, 401)
+
+
+def test_fifty_teams_buy_twenty_mystery_boxes(api: Api, db: Db, competition: dict[str, Any]) -> None:
+    slug = competition["slug"]
+    api.add_questions(slug, questions(20, prefix="M", kind="mystery", difficulty="MEDIUM"))
+    teams = register_teams(api, db, slug, [f"Buyer {i}" for i in range(50)])
+
+    responses = concurrently(
+        [lambda t=t: api.request("POST", f"/api/v1/competitions/{slug}/mystery-boxes", token=t.token,
+                                 json={"difficulty": "MEDIUM"}) for t in teams],
+        api,
+    )
+
+    assert [r.status_code for r in responses] == [202] * 50
+    job_ids = [r.json()["jobId"] for r in responses]
+    db.wait_jobs(job_ids)
+    views = _job_views(api, [(job_id, t.token) for job_id, t in zip(job_ids, teams, strict=True)])
+    succeeded = [v for v in views if v["status"] == "succeeded"]
+    failed = [v for v in views if v["status"] != "succeeded"]
+    assert len(succeeded) == 20
+    assert len(failed) == 30
+    for view in failed:
+        failed_with(view, "no_mystery_left")
+    drawn = [v["result"]["mysteryQuestionId"] for v in succeeded]
+    assert sorted(drawn) == sorted(f"M{i}" for i in range(1, 21))
+    for view in succeeded:
+        assert view["result"]["deductedPoints"] == 100
+        assert view["result"]["potentialPoints"] == 200
+
+    competition_id = db.competition(slug).id
+    boxes = db.all(select(MysteryBox.team_id, MysteryBox.question_id, MysteryBox.state, MysteryBox.price)
+                   .where(MysteryBox.competition_id == competition_id))
+    assert len(boxes) == 20
+    assert len({b.question_id for b in boxes}) == 20
+    assert len({b.team_id for b in boxes}) == 20
+    assert {(b.state, b.price) for b in boxes} == {("open", 100)}
+    buyers = {b.team_id for b in boxes}
+    points = dict(db.all(select(Team.id, Team.points).where(Team.competition_id == competition_id)))
+    assert Counter(points.values()) == Counter({900: 20, 1000: 30})
+    assert {tid for tid, p in points.items() if p == 900} == buyers
+    events = db.all(select(ScoreEvent.team_id, ScoreEvent.delta, ScoreEvent.reason)
+                    .where(ScoreEvent.competition_id == competition_id))
+    assert sorted(events) == sorted((tid, -100, "mystery_box") for tid in buyers)
+    db.assert_ledger(competition_id)
+    assert db.scalar(select(func.count()).select_from(Claim).where(Claim.competition_id == competition_id)) == 0
