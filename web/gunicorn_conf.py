@@ -15,3 +15,6 @@ timeout = 30
 graceful_timeout = 10
 accesslog = None
 loglevel = _settings.log_level.lower()
+# gunicorn 27's control socket lives at one path per user; several API processes on one host
+# (tests, benchmarks) would fight over it, and nothing here uses it.
+control_socket_disable = True

@@ -54,26 +54,30 @@ def _apply(session: Session, job: Job) -> Announcement | None:
     competition = session.get(Competition, job.competition_id)
     assert competition is not None
     outbox = Outbox()
-    job.attempts += 1
-    job.started_at = job.started_at or utcnow()
+    started = job.started_at or utcnow()
+    # Job columns are written once, after the rule, so each job costs a single UPDATE.
     try:
         with session.begin_nested():
-            job.result = RULES[job.kind](session, competition, job, outbox)
-        job.status = "succeeded"
+            result = RULES[job.kind](session, competition, job, outbox)
+        status, error = "succeeded", None
     except GameError as refusal:
         outbox = Outbox()
-        job.status = "failed"
-        job.error = {"code": refusal.code, "message": refusal.message}
+        result, status, error = None, "failed", {"code": refusal.code, "message": refusal.message}
     except DBAPIError as exc:
         if exc.connection_invalidated:
             raise
         # The savepoint is rolled back; the rest of the batch is unaffected.
+        job.attempts += 1
         log.exception("job %s (%s) failed in the database, attempt %d", job.id, job.kind, job.attempts)
         if job.attempts < MAX_ATTEMPTS:
             return None
         outbox = Outbox()
-        job.status = "failed"
-        job.error = {"code": "internal_error", "message": "the job could not be completed"}
+        result, status, error = None, "failed", {"code": "internal_error", "message": "the job could not be completed"}
+    job.attempts += 1
+    job.started_at = started
+    job.result, job.status, job.error = result, status, error
+    if job.kind == "register" and result is not None:
+        job.team_id = result["teamId"]
     job.finished_at = utcnow()
     return Announcement(competition, job, outbox)
 

@@ -123,9 +123,8 @@ def register(session: Session, competition: Competition, job: Job, outbox: Outbo
         raise GameError("registration_closed", f"registration is closed while the competition is {competition.state}")
     payload = job.payload
     name = payload["teamName"]
-    now = _now(session)
-    deadline = now + timedelta(seconds=competition.time_limit_seconds) if competition.time_limit_seconds else None
-    team_id = session.scalar(
+    limit = competition.time_limit_seconds
+    team = session.execute(
         pg_insert(Team)
         .values(
             competition_id=competition.id,
@@ -135,17 +134,15 @@ def register(session: Session, competition: Competition, job: Job, outbox: Outbo
             token_hash=job.owner_hash,
             starting_points=competition.starting_points,
             points=competition.starting_points,
-            points_at=now,
-            deadline=deadline,
+            points_at=func.clock_timestamp(),
+            deadline=func.clock_timestamp() + timedelta(seconds=limit) if limit else None,
         )
         .on_conflict_do_nothing()
-        .returning(Team.id)
-    )
-    if team_id is None:
+        .returning(Team)
+    ).scalar_one_or_none()
+    if team is None:
         raise GameError("team_name_taken", f"a team called {name!r} is already registered")
-    team = session.get(Team, team_id)
-    assert team is not None
-    job.team_id = team.id
+    deadline = team.deadline
     outbox.scores.append(ScoreChange(team=team, delta=0, reason="registered", rank=rank_of(session, team)))
     return {
         "teamId": team.id,
