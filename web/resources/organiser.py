@@ -6,12 +6,12 @@ from typing import Any
 
 import falcon
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import exists, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models.live import competition_room, iso, organisers_room, utcnow
-from models.tables import AuditEntry, Claim, Competition, Question
+from models.tables import AuditEntry, Claim, Competition, MysteryBox, Question
 from web.auth import bearer, is_admin, require_admin
 from web.deps import Deps
 from web.errors import Problem, invalid
@@ -196,13 +196,28 @@ class Questions:
         limit, offset = page_params(req)
         token = bearer(req)
         if is_admin(token, self.deps.settings.admin_token):
-            claimed = select(func.count()).where(Claim.question_id == Question.id).scalar_subquery() > 0
+            claimed = exists().where(Claim.question_id == Question.id) | exists().where(
+                MysteryBox.question_id == Question.id, MysteryBox.state != "forfeited")
             query = select(Question, claimed.label("claimed")).where(Question.competition_id == competition.id)
             kind = req.get_param("kind")
-            if kind and kind not in ("board", "mystery"):
-                raise invalid("kind", "must be board or mystery", falcon.HTTP_400)
             if kind:
+                if kind not in ("board", "mystery"):
+                    raise invalid("kind", "must be board or mystery", falcon.HTTP_400)
                 query = query.where(Question.kind == kind)
+            difficulty = req.get_param("difficulty")
+            if difficulty:
+                if difficulty not in ("EASY", "MEDIUM", "HARD"):
+                    raise invalid("difficulty", "must be EASY, MEDIUM or HARD", falcon.HTTP_400)
+                query = query.where(Question.difficulty == difficulty)
+            category = req.get_param("category")
+            if category:
+                query = query.where(Question.category == category)
+            taken = req.get_param_as_bool("claimed")
+            if taken is not None:
+                # For mystery questions "claimed" means held by a box or answered.
+                held = exists().where(Claim.question_id == Question.id) | exists().where(
+                    MysteryBox.question_id == Question.id, MysteryBox.state != "forfeited")
+                query = query.where(held if taken else ~held)
             rows = session.execute(query.order_by(Question.id).limit(limit).offset(offset)).all()
             items = [question_admin_view(r.Question, r.claimed) for r in rows]
         else:
