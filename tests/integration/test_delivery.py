@@ -1,0 +1,261 @@
+"""At-least-once delivery made exactly-once: duplicate messages, lost messages, killed workers."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from sqlalchemy import func, select, text
+
+from models.db import make_sessionmaker
+from models.live import Live
+from models.tables import Claim, Job, ScoreEvent, Submission, Team
+from settings import Settings
+from tests.support import (
+    Api,
+    Db,
+    Stack,
+    TeamHandle,
+    answer_of,
+    concurrently,
+    ok_job,
+    post_all,
+    questions,
+    register_teams,
+    token_digest,
+    wait_until,
+)
+from workers.celery_app import create_celery
+from workers.jobs import WorkerContext, run_job
+from workers.routing import REGISTRATIONS, TASK_FOR_KIND, board_queue
+from workers.sweeper import Sweeper
+
+
+@pytest.fixture
+def celery(settings: Settings) -> Iterator[Celery]:
+    app = create_celery(settings)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def broker(settings: Settings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def worker_context(settings: Settings) -> Iterator[WorkerContext]:
+    """A worker's context in this process, to race the real workers."""
+    ctx = WorkerContext.create(settings)
+    yield ctx
+    ctx.engine.dispose()
+    ctx.live.redis.close()
+
+
+def send(celery: Celery, job_id: str, kind: str, queue: str) -> str:
+    """Deliver a job's message (again); returns the Celery task id."""
+    return str(celery.send_task(TASK_FOR_KIND[kind], kwargs={"job_id": job_id}, queue=queue).id)
+
+
+def _pending_task_ids(broker: redis.Redis, queue: str) -> set[str]:
+    """Task ids still waiting on ``queue`` or taken but not yet acknowledged (kombu's Redis layout)."""
+    waiting = [json.loads(raw) for raw in broker.lrange(queue, 0, -1)]
+    taken = [json.loads(raw)[0] for raw in broker.hvals("unacked")]
+    return {m["headers"]["id"] for m in waiting + taken}
+
+
+def wait_consumed(broker: redis.Redis, queue: str, task_ids: Iterable[str], timeout: float = 30.0) -> None:
+    """The tasks have run: acks are late, so a task leaves the unacked set only after it ran."""
+    ids = set(task_ids)
+    streak = []
+
+    def gone() -> bool:
+        # Seen gone twice, 50 ms apart: closes the instant between a worker's BRPOP and the
+        # message being recorded as unacked.
+        streak.append(not ids & _pending_task_ids(broker, queue))
+        return len(streak) >= 2 and streak[-1] and streak[-2]
+
+    wait_until(gone, timeout, message=f"tasks on {queue} to be consumed")
+
+
+def insert_job(db: Db, *, competition_id: int, kind: str, queue: str, token: str, payload: dict[str, Any],
+               team_id: int | None, age_seconds: float = 0) -> str:
+    """A job row as the API writes it, but no message: as if the enqueue was lost."""
+    job_id = uuid.uuid4()
+    with db.sessions.begin() as session:
+        session.add(Job(id=job_id, competition_id=competition_id, kind=kind, queue=queue, team_id=team_id,
+                        owner_hash=token_digest(token), payload=payload))
+        if age_seconds:
+            session.flush()
+            session.execute(text("UPDATE jobs SET created_at = now() - make_interval(secs => :s) WHERE id = :id"),
+                            {"s": age_seconds, "id": job_id})
+    return str(job_id)
+
+
+def submission_facts(db: Db, team_id: int) -> tuple[int, list[tuple[int, str]], int]:
+    """(submission rows, ledger rows, points) of a team."""
+    submissions = db.scalar(select(func.count()).select_from(Submission).where(Submission.team_id == team_id))
+    events = db.all(select(ScoreEvent.delta, ScoreEvent.reason).where(ScoreEvent.team_id == team_id)
+                    .order_by(ScoreEvent.id))
+    return int(submissions), [(e.delta, e.reason) for e in events], db.team(team_id).points
+
+
+def test_a_redelivered_job_is_applied_once(api: Api, db: Db, settings: Settings, competition: dict[str, Any],
+                                           celery: Celery, broker: redis.Redis) -> None:
+    slug = competition["slug"]
+    api.add_questions(slug, questions(1))
+    team = api.register(slug, "Echo")
+    ok_job(api.claim(slug, team.token, "Q1"))
+    job = api.submit(slug, team.token, "Q1", answer_of("Q1"))
+    assert ok_job(job)["pointsEarned"] == 100
+    row = db.jobs([job["jobId"]])[job["jobId"]]
+    before = submission_facts(db, team.id)
+    assert before == (1, [(100, "correct_answer")], 1100)
+
+    task_ids = [send(celery, job["jobId"], "submit", row.queue) for _ in range(3)]
+    wait_consumed(broker, row.queue, task_ids)
+
+    assert submission_facts(db, team.id) == before
+    again = db.jobs([job["jobId"]])[job["jobId"]]
+    assert (again.status, again.attempts, again.result) == ("succeeded", 1, row.result)
+    assert again.finished_at == row.finished_at
+    db.assert_ledger(db.competition(slug).id)
+
+
+def test_racing_deliveries_of_one_job_apply_it_once(api: Api, db: Db, settings: Settings,
+                                                    competition: dict[str, Any], celery: Celery,
+                                                    broker: redis.Redis, worker_context: WorkerContext) -> None:
+    slug = competition["slug"]
+    api.add_questions(slug, questions(1))
+    team = api.register(slug, "Foxtrot")
+    ok_job(api.claim(slug, team.token, "Q1"))
+    competition_id = db.competition(slug).id
+    queue = board_queue(settings, competition_id, "Q1")
+    job_id = insert_job(db, competition_id=competition_id, kind="submit", queue=queue, token=team.token,
+                        payload={"questionId": "Q1", "answer": answer_of("Q1")}, team_id=team.id)
+
+    # Two deliveries to the real worker and two in this process, all at once.
+    outcomes: list[str | None] = concurrently([
+        lambda: send(celery, job_id, "submit", queue),
+        lambda: send(celery, job_id, "submit", queue),
+        lambda: run_job(worker_context, uuid.UUID(job_id)),
+        lambda: run_job(worker_context, uuid.UUID(job_id)),
+    ])
+    db.wait_jobs([job_id])
+    wait_consumed(broker, queue, [t for t in outcomes[:2] if t])
+
+    in_process = [s for s in outcomes[2:] if s is not None]
+    assert in_process in ([], ["succeeded"])
+    row = db.jobs([job_id])[job_id]
+    assert (row.status, row.attempts) == ("succeeded", 1)
+    assert row.result is not None and row.result["pointsEarned"] == 100
+    assert submission_facts(db, team.id) == (1, [(100, "correct_answer")], 1100)
+    view = api.wait_job(job_id, team.token)
+    assert view["result"]["totalPoints"] == 1100
+    db.assert_ledger(competition_id)
+
+
+def test_sweeper_resends_a_job_whose_message_was_lost(api: Api, db: Db, settings: Settings,
+                                                      competition: dict[str, Any], celery: Celery) -> None:
+    slug = competition["slug"]
+    competition_id = db.competition(slug).id
+    token = "lost-registration-" + uuid.uuid4().hex
+    job_id = insert_job(db, competition_id=competition_id, kind="register", queue=REGISTRATIONS, token=token,
+                        payload={"teamName": "Lost and Found", "members": [], "email": None}, team_id=None,
+                        age_seconds=60)
+    fresh_id = insert_job(db, competition_id=competition_id, kind="register", queue=REGISTRATIONS,
+                          token=token + "-fresh", payload={"teamName": "Just Queued", "members": [], "email": None},
+                          team_id=None)
+    assert api.job(job_id, token).json()["status"] == "queued"
+    engine_sessions = make_sessionmaker(db.engine)
+    live = Live(settings)
+    sent: list[str] = []
+
+    class Recording:
+        """The real Celery app, with a note of what the sweeper sends."""
+
+        def send_task(self, name: str, kwargs: dict[str, Any], queue: str) -> None:
+            sent.append(kwargs["job_id"])
+            celery.send_task(name, kwargs=kwargs, queue=queue)
+
+    try:
+        recording: Any = Recording()
+        sweeper = Sweeper(settings.with_overrides(sweep_after=30.0), engine_sessions, live, recording)
+        assert sweeper.resend_stale_jobs() >= 1
+        assert job_id in sent
+        assert fresh_id not in sent  # younger than sweep_after: maybe just not taken yet
+
+        view = api.wait_job(job_id, token)
+        assert ok_job(view)["teamName"] == "Lost and Found"
+        team = db.all(select(Team.name, Team.points).where(Team.competition_id == competition_id,
+                                                           Team.token_hash == token_digest(token)))
+        assert [tuple(t) for t in team] == [("Lost and Found", 1000)]
+        assert api.me(slug, token)["teamName"] == "Lost and Found"
+
+        # Finished jobs are not sent again.
+        sent.clear()
+        sweeper.resend_stale_jobs()
+        assert job_id not in sent
+    finally:
+        live.redis.close()
+
+
+def _blocked_on_lock(db: Db, database: str) -> bool:
+    return bool(db.scalar(text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = :db AND wait_event_type = 'Lock'"
+    ).bindparams(db=database)))
+
+
+def test_a_worker_killed_mid_job_loses_nothing(api: Api, db: Db, settings: Settings, stack: Stack,
+                                               celery: Celery) -> None:
+    slug = api.create_competition()["slug"]
+    competition_id = db.competition(slug).id
+    queue = board_queue(settings, competition_id, "Q1")
+    codes = [q["questionId"] for q in questions(200) if board_queue(settings, competition_id, q["questionId"]) == queue]
+    codes = codes[:12]
+    api.add_questions(slug, [q for q in questions(200) if q["questionId"] in codes])
+    teams: list[TeamHandle] = register_teams(api, db, slug, [f"Survivor {i}" for i in range(len(codes))])
+    worker = stack.worker(queue)
+
+    # The first team's row is locked here, so the worker blocks inside that team's claim:
+    # mid-job, transaction open, message taken but not acknowledged. (NO KEY UPDATE, so the
+    # API's job insert, which references the team, is not blocked.)
+    blocker = db.engine.connect()
+    lock = blocker.begin()
+    try:
+        blocker.execute(select(Team.id).where(Team.id == teams[0].id).with_for_update(key_share=True))
+        first = post_all(api, "POST", [(f"/api/v1/competitions/{slug}/claims", teams[0].token,
+                                        {"questionId": codes[0]})])
+        wait_until(lambda: _blocked_on_lock(db, db.engine.url.database or ""), 30, message="the worker to block")
+        rest = post_all(api, "POST", [(f"/api/v1/competitions/{slug}/claims", t.token, {"questionId": c})
+                                      for t, c in zip(teams[1:], codes[1:], strict=True)])
+        worker.kill()
+    finally:
+        lock.rollback()
+        blocker.close()
+    job_ids = [b["jobId"] for b in first + rest]
+    assert all(j.status == "queued" for j in db.jobs(job_ids).values())
+
+    stack.start_worker(queue)
+    stack.wait_workers([queue])
+    # The killed worker's message sits unacknowledged until the broker's visibility timeout;
+    # the sweeper re-sends whatever is still unfinished.
+    sweeper = Sweeper(settings.with_overrides(sweep_after=0.0), make_sessionmaker(db.engine), Live(settings), celery)
+    try:
+        sweeper.resend_stale_jobs()
+        rows = db.wait_jobs(job_ids, timeout=60)
+    finally:
+        sweeper.live.redis.close()
+
+    assert {j.status for j in rows.values()} == {"succeeded"}
+    claims = db.all(select(Claim.team_id, Claim.question_id).where(Claim.competition_id == competition_id))
+    assert len(claims) == len(codes)
+    assert {c.team_id for c in claims} == {t.id for t in teams}
+    assert len({c.question_id for c in claims}) == len(codes)
