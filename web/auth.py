@@ -61,17 +61,27 @@ def require_admin(req: falcon.Request, session: Session, admin_token: str) -> st
                   headers=_CHALLENGE)
 
 
-def require_team(req: falcon.Request, session: Session, competition: Competition) -> Team:
+def competition_and_team(req: falcon.Request, session: Session, slug: str) -> tuple[Competition, Team]:
+    """The competition and the calling team, in one query (the hot path of every team write)."""
     token = bearer(req)
+    digest = token_hash(token) if token else b""
+    row = session.execute(
+        select(Competition, Team)
+        .outerjoin(Team, Team.token_hash == digest)
+        .where(Competition.slug == slug)
+    ).first()
+    if row is None:
+        raise Problem(falcon.HTTP_404, "competition-not-found", "Competition not found",
+                      f"there is no competition {slug!r}")
+    competition, team = row
     if token is None:
         raise Problem(falcon.HTTP_401, "unauthorized", "Authentication required",
                       "this endpoint needs the teamToken from registration as a Bearer token",
                       headers=_CHALLENGE)
-    team = session.scalar(select(Team).where(Team.token_hash == token_hash(token)))
     if team is None:
         raise Problem(falcon.HTTP_401, "unauthorized", "Authentication required",
                       "the token is not valid (a new registration may still be in progress)",
                       headers=_CHALLENGE)
     if team.competition_id != competition.id:
         raise Problem(falcon.HTTP_403, "forbidden", "Forbidden", "the token belongs to another competition")
-    return team
+    return competition, team

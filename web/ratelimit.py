@@ -24,21 +24,26 @@ class RateLimiter:
         self.redis = client
         self.prefix = prefix
 
-    def hit(self, key: str, limit: int, window: int) -> float | None:
-        """Count one event; the seconds until the window resets if the limit is exceeded."""
-        if limit <= 0:
+    def hit(self, limits: list[tuple[str, int]], window: int) -> tuple[str, float] | None:
+        """Count one event against each (key, limit) in one round trip.
+
+        Returns the first exceeded key and the seconds until its window resets, or None.
+        """
+        active = [(key, limit) for key, limit in limits if limit > 0]
+        if not active:
             return None
         now = time.time()
         bucket = int(now // window)
-        name = f"{self.prefix}:rl:{key}:{bucket}"
         pipe = self.redis.pipeline(transaction=False)
-        pipe.incr(name)
-        pipe.expire(name, window * 2)
-        count = pipe.execute()[0]
-        if count > limit:
-            return (bucket + 1) * window - now
+        for key, _ in active:
+            name = f"{self.prefix}:rl:{key}:{bucket}"
+            pipe.incr(name)
+            pipe.expire(name, window * 2)
+        counts = pipe.execute()[::2]
+        for (key, limit), count in zip(active, counts, strict=True):
+            if count > limit:
+                return key, (bucket + 1) * window - now
         return None
-
 
 
 def too_many(retry_after: float, detail: str) -> Problem:
@@ -63,15 +68,17 @@ class RateLimits:
         if token and is_admin(token, self.settings.admin_token):
             return
         window = self.settings.rate_limit_window
+        limits = [(f"ip:{req.remote_addr}", self.settings.rate_limit_ip)]
+        if token:
+            limits.append((f"team:{token_hash(token).hex()[:32]}", self.settings.rate_limit_team))
         try:
-            wait = self.limiter.hit(f"ip:{req.remote_addr}", self.settings.rate_limit_ip, window)
-            if wait is not None:
-                raise too_many(wait, f"at most {self.settings.rate_limit_ip} writes per {window} s from one address")
-            if token:
-                wait = self.limiter.hit(f"team:{token_hash(token).hex()[:32]}", self.settings.rate_limit_team, window)
-                if wait is not None:
-                    raise too_many(wait, f"at most {self.settings.rate_limit_team} writes per {window} s per team")
+            exceeded = self.limiter.hit(limits, window)
         except redis.RedisError:
             # Limits fail open: a Redis blip must not lock every team out.
             log.warning("rate limiter unavailable", exc_info=True)
-
+            return
+        if exceeded is not None:
+            key, wait = exceeded
+            if key.startswith("ip:"):
+                raise too_many(wait, f"at most {self.settings.rate_limit_ip} writes per {window} s from one address")
+            raise too_many(wait, f"at most {self.settings.rate_limit_team} writes per {window} s per team")

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from models.live import FrozenBoards, iso, utcnow
 from models.ranking import frozen_board, is_frozen, leaderboard, rank_of
 from models.tables import Claim, Job, MysteryBox, Question, Submission, Team
-from web.auth import bearer, is_admin, new_token, registration_token, require_team, token_hash
+from web.auth import bearer, competition_and_team, is_admin, new_token, registration_token, token_hash
 from web.deps import Deps
 from web.errors import Problem, invalid
 from web.media import read_body, write_json
@@ -57,8 +57,7 @@ class TeamMe:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         session: Session = req.context.session
-        competition = get_competition(session, slug)
-        team = require_team(req, session, competition)
+        _, team = competition_and_team(req, session, slug)
         claims = session.execute(
             select(Question.code, Question.points, Claim.claimed_at,
                    exists().where(Submission.team_id == team.id, Submission.question_id == Question.id)
@@ -104,8 +103,7 @@ class Claims:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         session: Session = req.context.session
-        competition = get_competition(session, slug)
-        team = require_team(req, session, competition)
+        competition, team = competition_and_team(req, session, slug)
         body = read_body(req, ClaimQuestion, self.deps.settings.max_body_bytes)
         accept_job(req, resp, self.deps, competition=competition, kind="claim",
                    queue=board_queue(self.deps.settings, competition.id, body.question_id),
@@ -118,8 +116,7 @@ class Submissions:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         session: Session = req.context.session
-        competition = get_competition(session, slug)
-        team = require_team(req, session, competition)
+        competition, team = competition_and_team(req, session, slug)
         body = read_body(req, SubmitAnswer, self.deps.settings.max_body_bytes)
         limit = self.deps.settings.wrong_answer_limit
         if limit:
@@ -138,8 +135,7 @@ class MysteryBoxes:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         session: Session = req.context.session
-        competition = get_competition(session, slug)
-        team = require_team(req, session, competition)
+        competition, team = competition_and_team(req, session, slug)
         body = read_body(req, BuyMysteryBox, self.deps.settings.max_body_bytes)
         accept_job(req, resp, self.deps, competition=competition, kind="mystery_buy",
                    queue=mystery_queue(self.deps.settings, competition.id),
@@ -152,8 +148,7 @@ class CurrentMysteryBox:
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         session: Session = req.context.session
-        competition = get_competition(session, slug)
-        team = require_team(req, session, competition)
+        competition, team = competition_and_team(req, session, slug)
         accept_job(req, resp, self.deps, competition=competition, kind="mystery_forfeit",
                    queue=mystery_queue(self.deps.settings, competition.id),
                    payload={}, owner_hash=team.token_hash, team_id=team.id)
