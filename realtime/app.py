@@ -99,6 +99,7 @@ class Directory:
 class _Pending:
     info: CompetitionInfo
     changes: list[dict[str, Any]] = field(default_factory=list)
+    claims: list[dict[str, Any]] = field(default_factory=list)
     seq: int = 0
     at: str = ""
     last_emit: float = float("-inf")
@@ -148,7 +149,8 @@ class Coalescer:
             if info is None:
                 return
             state = self.pending[info.id] = _Pending(info)
-        state.changes.extend(message["changes"])
+        state.changes.extend(message.get("changes", ()))
+        state.claims.extend(message.get("claims", ()))
         if message["seq"] > state.seq:
             state.seq, state.at = message["seq"], message["at"]
         if state.timer:
@@ -166,24 +168,31 @@ class Coalescer:
         self.flush(state)
 
     def flush(self, state: _Pending, force: bool = False) -> None:
-        if not state.changes and not force:
+        if not state.changes and not state.claims and not force:
             return
         changes, state.changes = state.changes, []
+        claims, state.claims = state.claims, []
         state.last_emit = time.monotonic()
         info = state.info
+        at = state.at or iso(utcnow())
+        everyone = [competition_room(info.slug), organisers_room(info.slug)]
+        if claims:
+            # The latest claim in the contract's fields, every claim merged since the last one in
+            # ``claims``; numbered when sent so every client sees increasing numbers.
+            payload = {"competition": info.slug, "seq": self.live.next_seq(info.id), "at": at,
+                       **claims[-1], "claims": claims}
+            self.sio.emit("question_claimed", payload, room=everyone, ignore_queue=True)
+        if not changes and not force:
+            return
         payload = {
             "competition": info.slug,
-            # Numbered when sent, so every client sees increasing numbers whatever was merged.
             "seq": self.live.next_seq(info.id),
-            "at": state.at or iso(utcnow()),
+            "at": at,
             "leaderboard": self.live.top(info.id, info.leaderboard_size),
             "changes": changes,
         }
-        if info.frozen():
-            # Spectators keep the standings at the freeze; organisers keep watching live.
-            rooms: str | list[str] = organisers_room(info.slug)
-        else:
-            rooms = [competition_room(info.slug), organisers_room(info.slug)]
+        # During a freeze spectators keep the standings at the freeze; organisers watch live.
+        rooms = organisers_room(info.slug) if info.frozen() else everyone
         self.sio.emit("leaderboard_update", payload, room=rooms, ignore_queue=True)
 
     def listen(self) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import socketio
 
-from models.live import Live, competition_room, iso, organisers_room, team_room
+from models.live import Live, iso, organisers_room, team_room
 from models.ranking import standing
 from models.tables import Competition, Job
 from settings import Settings
@@ -65,7 +65,8 @@ class BufferedRedisManager(socketio.RedisManager):
             super()._publish(data)
 
 
-# Event name "" marks a public score change for the realtime coalescers rather than a client event.
+# Event name "" marks public news (score changes, claims) for the realtime coalescers, which
+# merge it into a few broadcasts per second, rather than an event sent to clients directly.
 Event = tuple[str, dict[str, Any], Any]
 
 
@@ -90,9 +91,10 @@ def _events(a: Announcement, at: datetime) -> list[Event]:
             }
             events.append(("score_update", score, team_room(change.team.token_hash)))
             events.append(("score_update", score, organisers_room(slug)))
-    for code, team_name in a.outbox.claimed:
-        events.append(("question_claimed", {"questionId": code, "teamName": team_name},
-                       [competition_room(slug), organisers_room(slug)]))
+    if a.outbox.claimed:
+        # Claims are public broadcasts too, so they are coalesced by the realtime servers.
+        claims = [{"questionId": code, "teamName": team_name} for code, team_name in a.outbox.claimed]
+        events.append(("", {"competitionId": a.competition.id, "changes": [], "claims": claims}, None))
     for team in a.outbox.deadlines:
         remaining = max(0, int((team.deadline - at).total_seconds())) if team.deadline else None
         events.append((
