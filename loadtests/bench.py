@@ -1,0 +1,536 @@
+"""The benchmark: ``python -m loadtests.bench [--smoke] [--only NAME ...]``.
+
+Creates a fresh database and takes a Redis DB index of its own, runs the migrations, starts the
+stack with production settings as subprocesses, runs every scenario headless with Locust (and
+the Socket.IO spectators beside the ones that need them), checks the database after each, samples
+the CPU of every process, and writes ``loadtests/results/<timestamp>/``: Locust's CSV and HTML,
+REPORT.md and chart.png. PostgreSQL and Redis come from DATABASE_URL / REDIS_URL, or the
+machine's 127.0.0.1:5432 / 6379 when those are unset. See loadtests/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import create_engine, text
+
+from loadtests import report
+from loadtests.fixtures import SIZES, Fixture, prepare
+from loadtests.stack import BIN, REPO, CpuSampler, Proc, Services, Stack, tail
+
+log = logging.getLogger("bench")
+
+RESULTS = REPO / "loadtests" / "results"
+DRAIN_SECONDS = 60.0
+BUDGET_SECONDS = 15 * 60
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    locustfile: str
+    users: int
+    seconds: int
+    spectators: tuple[int, ...] = ()  # clients per realtime server, one companion process each
+    organisers: int = 0  # spectators that join the organisers' room (and so get every score_update)
+    connect_rate: float = 200.0
+
+    @property
+    def fixture(self) -> str:
+        return self.name
+
+
+FULL = [
+    Scenario("registration", "registration storm", "registration.py", 100, 30),
+    Scenario("organiser", "organiser operations", "organiser.py", 60, 60),
+    Scenario("competition", "full competition + 500 spectators", "competition.py", 150, 90,
+             spectators=(500,), organisers=5),
+    Scenario("claim_race", "claim race", "claim_race.py", 200, 20),
+    Scenario("fanout", "fan-out: 2,000 clients, 1 realtime process", "fanout.py", 150, 60,
+             spectators=(2000,), organisers=10),
+    Scenario("fanout10k", "fan-out: 10,000 clients, 2 realtime processes", "fanout.py", 150, 60,
+             spectators=(5000, 5000), organisers=10, connect_rate=250.0),
+]
+SMOKE = [
+    Scenario("registration", "registration storm", "registration.py", 5, 10),
+    Scenario("organiser", "organiser operations", "organiser.py", 5, 10),
+    Scenario("competition", "full competition + spectators", "competition.py", 10, 10, spectators=(20,),
+             organisers=2),
+    Scenario("claim_race", "claim race", "claim_race.py", 20, 10),
+    Scenario("fanout", "fan-out, 1 realtime process", "fanout.py", 10, 10, spectators=(50,), organisers=2),
+    Scenario("fanout10k", "fan-out, 2 realtime processes", "fanout.py", 10, 10, spectators=(25, 25),
+             organisers=2),
+]
+
+
+def _spectator_argv(stack: Stack, sc: Scenario, fixture: Fixture, index: int, clients: int, raw: Path) -> list[str]:
+    connect_time = clients / sc.connect_rate
+    return [
+        sys.executable, "-m", "loadtests.spectators", "--url", stack.realtime(index), "--api", stack.api,
+        "--slug", fixture.slug, "--clients", str(clients), "--organisers", str(sc.organisers if index == 0 else 0),
+        "--rate", str(sc.connect_rate), "--duration", str(int(connect_time + sc.seconds + 240)),
+        "--ready-file", str(raw / f"{sc.name}-spectators-{index}.ready"),
+        "--out", str(raw / f"{sc.name}-spectators-{index}.json"),
+    ]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, out: Path) -> None:
+        self.args = args
+        self.out = out
+        self.raw = out / "raw"
+        self.raw.mkdir(parents=True, exist_ok=True)
+        self.profile_dir = out / "profiles"
+        self.sampler: CpuSampler
+        self.stack: Stack | None = None
+        self.services: Services | None = None
+        self.busy_before: float | None = None
+        self.engine = None
+
+    # -- the stack ---------------------------------------------------------------------
+
+    def start(self, tag: str) -> Stack:
+        self.services = Services.create(os.environ, tag.replace("-", "_"))
+        log.info("database %s, Redis DB %d", self.services.database, self.services.redis_db)
+        self.sampler = CpuSampler(self.services.database)
+        self.busy_before = self.sampler.busy()
+        if self.busy_before > 30:
+            log.warning("the machine is already %.0f%% busy (of one core) before the benchmark starts; "
+                        "the figures will be lower than on a quiet machine", self.busy_before)
+        stack = self.stack = Stack.prepare(self.services, self.out / "logs", os.environ, self.args.rate_limits)
+        stack.migrate()
+        stack.start()
+        for proc in stack.procs:
+            self.sampler.add(proc.group, proc.popen.pid)
+        self.sampler.add("bench", os.getpid(), children=False)
+        self.sampler.start()
+        stack.wait_ready()
+        self.engine = create_engine(stack.settings().database_url, pool_size=2)
+        log.info("stack ready: API %s, realtime %s", stack.api, stack.realtime(0))
+        return stack
+
+    def stop(self) -> None:
+        if hasattr(self, "sampler"):
+            self.sampler.stop()
+        if self.stack is not None:
+            self.stack.stop()
+        if self.engine is not None:
+            self.engine.dispose()
+        if self.services is not None and not self.args.keep:
+            self.services.drop()
+
+    # -- one scenario ------------------------------------------------------------------
+
+    def run(self, sc: Scenario) -> dict[str, Any]:
+        stack = self.stack
+        assert stack is not None
+        log.info("== %s: %d users for %d s%s", sc.name, sc.users, sc.seconds,
+                 f", {sum(sc.spectators)} spectators" if sc.spectators else "")
+        began = time.monotonic()
+        fixture = prepare(sc.fixture, stack.api, stack.env["ADMIN_TOKEN"], "smoke" if self.args.smoke else "full")
+        fixture_path = self.raw / f"{sc.name}-fixture.json"
+        fixture.save(fixture_path)
+        setup_seconds = time.monotonic() - began
+        extra: list[Proc] = []
+        spectators: list[Proc] = []
+        try:
+            for index in range(1, len(sc.spectators)):
+                proc = stack.start_realtime(index)
+                extra.append(proc)
+                self.sampler.add(proc.group, proc.popen.pid)
+            if extra:
+                stack.wait_ready()
+            for index, clients in enumerate(sc.spectators):
+                proc = stack.spawn(f"{sc.name}-spectators-{index}", "spectators",
+                                   _spectator_argv(stack, sc, fixture, index, clients, self.raw))
+                spectators.append(proc)
+                self.sampler.add("spectators", proc.popen.pid)
+            self._wait_spectators(sc, spectators)
+            started, ended, code = self._locust(sc, fixture_path)
+            drained = self._drain(fixture.slug)
+            for proc in spectators:
+                if proc.popen.poll() is None:
+                    proc.popen.send_signal(signal.SIGTERM)
+            for proc in spectators:
+                try:
+                    proc.popen.wait(120)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not finish; stopping it", proc.name)
+                stack.stop_proc(proc)
+        finally:
+            for proc in spectators + extra:
+                stack.stop_proc(proc)
+        result = self.measure(sc, fixture, started, ended, drained)
+        result.update(setup_seconds=round(setup_seconds, 1), locust_exit=code,
+                      total_seconds=round(time.monotonic() - began, 1))
+        (self.raw / f"{sc.name}-result.json").write_text(json.dumps(result, indent=1, default=str))
+        return result
+
+    def run_guarded(self, sc: Scenario) -> dict[str, Any]:
+        """Run a scenario; if a stack process died meanwhile (killed from outside), run it once more."""
+        stack = self.stack
+        assert stack is not None
+        result: dict[str, Any] = {}
+        deaths: list[str] = []
+        for attempt in (1, 2):
+            for proc in stack.revive():
+                self.sampler.add(proc.group, proc.popen.pid)
+            try:
+                result = self.run(sc)
+            except Exception as exc:  # one scenario's crash must not lose the others' results
+                log.exception("scenario %s failed", sc.name)
+                result = {"name": sc.name, "title": sc.title, "users": sc.users, "seconds": sc.seconds,
+                          "error": f"{type(exc).__name__}: {exc}"[:2000]}
+            died = [f"{p.name} (exit {p.popen.returncode})" for p in stack.dead()]
+            if not died:
+                break
+            log.warning("%s died during %s (attempt %d)", ", ".join(died), sc.name, attempt)
+            deaths += [f"attempt {attempt}: {d}" for d in died]
+        if deaths:
+            result["deaths"] = deaths
+        return result
+
+    def _wait_spectators(self, sc: Scenario, procs: list[Proc]) -> None:
+        if not procs:
+            return
+        deadline = time.monotonic() + max(sc.spectators) / sc.connect_rate + 90
+        for index, proc in enumerate(procs):
+            ready = self.raw / f"{sc.name}-spectators-{index}.ready"
+            while not ready.exists():
+                if proc.popen.poll() is not None:
+                    raise RuntimeError(f"{proc.name} exited early:\n{tail(proc.log_path)}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{proc.name} did not connect its clients in time")
+                time.sleep(0.5)
+            log.info("%s: %s", proc.name, ready.read_text())
+
+    def _locust(self, sc: Scenario, fixture_path: Path) -> tuple[float, float, int]:
+        stack = self.stack
+        assert stack is not None
+        env = dict(stack.env, QUIZ_FIXTURE=str(fixture_path), QUIZ_SAMPLES=str(self.raw / f"{sc.name}-samples.json"))
+        argv = [
+            str(BIN / "locust"), "-f", str(REPO / "loadtests" / sc.locustfile), "--headless",
+            "-u", str(sc.users), "-r", str(sc.users), "-t", f"{sc.seconds}s", "--stop-timeout", "10",
+            "--host", stack.api, "--csv", str(self.out / sc.name), "--csv-full-history",
+            "--html", str(self.out / f"{sc.name}.html"), "--loglevel", "WARNING", "--only-summary",
+        ]
+        started = time.time()
+        proc = stack.spawn(f"{sc.name}-locust", "locust", argv, env)
+        self.sampler.add("locust", proc.popen.pid)
+        profilers = self._profile(sc) if self.args.profile else []
+        try:
+            code = proc.popen.wait(sc.seconds + 120)
+        except subprocess.TimeoutExpired:
+            log.error("locust overran; stopping it")
+            code = -1
+        ended = time.time()
+        stack.stop_proc(proc)
+        for timer in profilers:
+            timer.join(60)
+        return started, ended, code
+
+    def _profile(self, sc: Scenario) -> list[threading.Thread]:
+        """py-spy on the API workers, the queue workers and the realtime server, mid-scenario."""
+        stack = self.stack
+        assert stack is not None
+        self.profile_dir.mkdir(exist_ok=True)
+        seconds = max(5, min(20, sc.seconds - 10))
+        targets: list[tuple[str, int]] = []
+        for proc in stack.procs:
+            if proc.name == "api":
+                import psutil
+
+                children = psutil.Process(proc.popen.pid).children()
+                targets += [(f"api-{i}", c.pid) for i, c in enumerate(children)]
+            elif proc.name.startswith(("worker-", "realtime")):
+                targets.append((proc.name, proc.popen.pid))
+
+        def record() -> None:
+            time.sleep(5)
+            spies = [
+                subprocess.Popen([str(BIN / "py-spy"), "record", "--nonblocking", "--rate", "50", "-d", str(seconds),
+                                  "--format", "raw", "-o", str(self.profile_dir / f"{sc.name}-{name}.txt"),
+                                  "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for name, pid in targets
+            ]
+            for spy in spies:
+                try:
+                    spy.wait(seconds + 30)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+
+        thread = threading.Thread(target=record, daemon=True)
+        thread.start()
+        return [thread]
+
+    def _unfinished(self, slug: str) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(text(
+                "SELECT count(*) FROM jobs j JOIN competitions c ON c.id = j.competition_id "
+                "WHERE c.slug = :slug AND j.status IN ('queued', 'running')"), {"slug": slug}).scalar_one()
+
+    def _drain(self, slug: str) -> float:
+        """Wait until every job of the competition has finished (the sweeper re-sends lost ones)."""
+        began = time.monotonic()
+        while self._unfinished(slug) and time.monotonic() - began < DRAIN_SECONDS:
+            time.sleep(0.5)
+        return round(time.monotonic() - began, 1)
+
+    # -- measuring ---------------------------------------------------------------------
+
+    def measure(self, sc: Scenario, fixture: Fixture, started: float, ended: float, drained: float) -> dict[str, Any]:
+        samples_file = self.raw / f"{sc.name}-samples.json"
+        data = json.loads(samples_file.read_text()) if samples_file.exists() else {"samples": [], "accepted": [],
+                                                                                      "outcomes": {}}
+        samples = data["samples"]
+        http = [s for s in samples if s[1] != "job"]
+        jobs = [s for s in samples if s[1] == "job"]
+        if http:
+            window_start = min(s[0] - s[3] / 1000 for s in http)
+            window_end = max(s[0] for s in http)
+        else:
+            window_start, window_end = started, ended
+        window = max(1e-6, window_end - window_start)
+
+        def lat(rows: list[list[Any]]) -> dict[str, Any]:
+            return {"count": len(rows), **report.percentiles([r[3] for r in rows])}
+
+        by_name: dict[str, list[list[Any]]] = {}
+        for s in samples:
+            by_name.setdefault(f"{s[1]}|{s[2]}", []).append(s)
+        result: dict[str, Any] = {
+            "name": sc.name,
+            "title": sc.title,
+            "users": sc.users,
+            "seconds": sc.seconds,
+            "slug": fixture.slug,
+            "started": started,
+            "ended": ended,
+            "window": [window_start, window_end],
+            "drain_seconds": drained,
+            "requests": len(http),
+            "requests_per_s": len(http) / window,
+            "http_failures": sum(1 for s in http if not s[4]),
+            "job_failures": sum(1 for s in jobs if not s[4]),
+            "accept": lat([s for s in http if s[1] == "accept" and s[4]]),
+            "wait": lat([s for s in http if s[1] == "wait" and s[4]]),
+            "job": lat([s for s in jobs if s[4]]),
+            "own_requests": lat([s for s in http if s[1] != "poll" and s[4]]),
+            "by_name": {k: {"category": k.split("|")[0], "name": k.split("|", 1)[1], "failures":
+                            sum(1 for r in v if not r[4]), **lat([r for r in v if r[4]])}
+                        for k, v in sorted(by_name.items())},
+            "outcomes": data.get("outcomes", {}),
+            "accepted_by_clients": len(data.get("accepted", [])),
+            "locust_failures": self._locust_failures(sc.name),
+            "cpu": self.sampler.usage(started, ended),
+        }
+        result.update(self._db_checks(sc, fixture, data.get("accepted", []), window_start, window_end))
+        result["spectators"] = self._spectators(sc)
+        return result
+
+    def _locust_failures(self, name: str) -> list[dict[str, Any]]:
+        path = self.out / f"{name}_failures.csv"
+        if not path.exists():
+            return []
+        with path.open() as f:
+            return [{"method": r["Method"], "name": r["Name"], "error": r["Error"][:300],
+                     "occurrences": int(r["Occurrences"])} for r in csv.DictReader(f)]
+
+    def _db_checks(self, sc: Scenario, fixture: Fixture, accepted: list[str], start: float, end: float
+                   ) -> dict[str, Any]:
+        a = datetime.fromtimestamp(start, UTC)
+        b = datetime.fromtimestamp(end, UTC)
+        with self.engine.connect() as conn:
+            cid = conn.execute(text("SELECT id FROM competitions WHERE slug = :s"), {"s": fixture.slug}).scalar_one()
+            p = {"c": cid, "a": a, "b": b}
+
+            def one(sql: str, **extra: Any) -> Any:
+                return conn.execute(text(sql), {**p, **extra}).scalar_one()
+
+            finished = one("SELECT count(*) FROM jobs WHERE competition_id = :c AND finished_at BETWEEN :a AND :b")
+            registered = one("SELECT count(*) FROM jobs WHERE competition_id = :c AND kind = 'register' "
+                             "AND status = 'succeeded' AND finished_at BETWEEN :a AND :b")
+            server = conn.execute(text(
+                "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP "
+                "(ORDER BY extract(epoch FROM finished_at - created_at) * 1000) FROM jobs "
+                "WHERE competition_id = :c AND created_at BETWEEN :a AND :b AND finished_at IS NOT NULL"), p
+            ).scalar_one()
+            per_second = [list(r) for r in conn.execute(text(
+                "SELECT floor(extract(epoch FROM finished_at))::bigint, count(*) FROM jobs "
+                "WHERE competition_id = :c AND finished_at BETWEEN :a AND :b GROUP BY 1 ORDER BY 1"), p)]
+            unfinished = one("SELECT count(*) FROM jobs WHERE competition_id = :c AND status IN ('queued', 'running')")
+            found = dict(conn.execute(text("SELECT id::text, status FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))"),
+                                      {"ids": accepted}).all()) if accepted else {}
+            duplicate_claims = one(
+                "SELECT count(*) FROM (SELECT question_id FROM claims WHERE competition_id = :c "
+                "GROUP BY question_id HAVING count(*) > 1) d")
+            double_wins = one(
+                "SELECT count(*) FROM (SELECT upper(payload->>'questionId') FROM jobs WHERE competition_id = :c "
+                "AND kind = 'claim' AND status = 'succeeded' GROUP BY 1 HAVING count(*) > 1) d")
+            orphan_claims = one(
+                "SELECT count(*) FROM claims cl JOIN questions q ON q.id = cl.question_id "
+                "WHERE cl.competition_id = :c AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.competition_id = :c "
+                "AND j.kind = 'claim' AND j.status = 'succeeded' AND j.team_id = cl.team_id "
+                "AND upper(j.payload->>'questionId') = upper(q.code))")
+            double_sold = one(
+                "SELECT count(*) FROM (SELECT question_id FROM mystery_boxes WHERE competition_id = :c "
+                "AND state <> 'forfeited' GROUP BY question_id HAVING count(*) > 1) d")
+            ledger = one(
+                "SELECT count(*) FROM teams t LEFT JOIN (SELECT team_id, sum(delta) AS s FROM score_events "
+                "GROUP BY team_id) e ON e.team_id = t.id WHERE t.competition_id = :c "
+                "AND t.points <> t.starting_points + coalesce(e.s, 0)")
+            teams = one("SELECT count(*) FROM teams WHERE competition_id = :c")
+            claims = one("SELECT count(*) FROM claims WHERE competition_id = :c")
+            statuses = {f"{k} {s}": n for k, s, n in conn.execute(text(
+                "SELECT kind, status, count(*) FROM jobs WHERE competition_id = :c GROUP BY 1, 2 ORDER BY 1, 2"), p)}
+        window = max(1e-6, end - start)
+        missing = len(accepted) - len(found)
+        out = {
+            "jobs_finished": finished,
+            "jobs_per_s": finished / window,
+            "teams_registered_per_s": registered / window,
+            "server_job_ms": {"p50": server[0], "p95": server[1], "p99": server[2]} if server and server[0] is not None
+            else {"p50": None, "p95": None, "p99": None},
+            "jobs_per_second_series": per_second,
+            "jobs_unfinished": unfinished,
+            "accepted_missing": missing,
+            "accepted_unfinished": sum(1 for s in found.values() if s in ("queued", "running")),
+            "jobs_lost": unfinished + missing,
+            "duplicate_claims": duplicate_claims + double_wins + double_sold,
+            "duplicate_claim_rows": duplicate_claims,
+            "claims_won_twice": double_wins,
+            "mystery_sold_twice": double_sold,
+            "orphan_claims": orphan_claims,
+            "ledger_mismatches": ledger,
+            "teams": teams,
+            "claims": claims,
+            "job_statuses": statuses,
+        }
+        if sc.name == "claim_race":
+            out["expected_winners"] = min(fixture.board, len(fixture.teams))
+        return out
+
+    def _spectators(self, sc: Scenario) -> dict[str, Any] | None:
+        if not sc.spectators:
+            return None
+        summaries = []
+        latency, events, arrival = [], [], []
+        for index in range(len(sc.spectators)):
+            path = self.raw / f"{sc.name}-spectators-{index}.json"
+            if not path.exists():
+                summaries.append(None)
+                continue
+            summaries.append(json.loads(path.read_text()))
+            npz = path.with_suffix(".npz")
+            if npz.exists():
+                with np.load(npz) as z:
+                    latency.append(z["latency"])
+                    events.append(z["event"])
+                    arrival.append(z["arrival"])
+        ok = [s for s in summaries if s]
+        lat = np.concatenate(latency) if latency else np.zeros(0)
+        ev = np.concatenate(events) if events else np.zeros(0, np.int8)
+        from loadtests.spectators import EVENTS
+
+        by_event = {name: {"count": int((ev == i).sum()), **report.percentiles(lat[ev == i])}
+                    for i, name in enumerate(EVENTS) if (ev == i).any()}
+        np.savez_compressed(self.raw / f"{sc.name}-events.npz", latency=lat,
+                            arrival=np.concatenate(arrival) if arrival else np.zeros(0), event=ev)
+        return {
+            "clients": sum(sc.spectators),
+            "processes": len(sc.spectators),
+            "connected": sum(s["connected"] for s in ok),
+            "connect_failures": sum(s["connect_failures"] for s in ok),
+            "connect_retries": sum(s.get("connect_retries", 0) for s in ok),
+            "connect_errors": {k: sum(s.get("connect_errors", {}).get(k, 0) for s in ok)
+                               for k in {k for s in ok for k in s.get("connect_errors", {})}},
+            "connect_seconds": max(s.get("connect_seconds", 0) for s in ok) if ok else None,
+            "disconnects": sum(s["disconnects"] for s in ok),
+            "on_final_standings": sum(s["clients_on_final_standings"] for s in ok),
+            "missing_summaries": len(summaries) - len(ok),
+            "events": {k: sum(s["events"].get(k, 0) for s in ok) for k in {k for s in ok for k in s["events"]}},
+            "seq_regressions": sum(s["seq_regressions"] for s in ok),
+            "seq_regressions_same_event": sum(s.get("seq_regressions_same_event", 0) for s in ok),
+            "settled_seconds": max((s.get("settled_seconds", 0) for s in ok), default=None),
+            "latency": {"count": len(lat), **report.percentiles(lat)},
+            "by_event": by_event,
+            "loop_lag_p99": max((s["loop_lag_ms"]["p99"] or 0 for s in ok), default=None),
+            "loop_lag_max": max((s["loop_lag_ms"]["max"] or 0 for s in ok), default=None),
+            "final_leaderboard_top": (ok[0]["final_leaderboard"] or [])[:3] if ok else None,
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="each scenario for ~10 s with few users (CI)")
+    parser.add_argument("--only", action="append", choices=[s.name for s in FULL], metavar="NAME",
+                        help="run only this scenario (repeatable): " + ", ".join(s.name for s in FULL))
+    parser.add_argument("--skip", action="append", default=[], choices=[s.name for s in FULL], metavar="NAME",
+                        help="leave this scenario out (repeatable)")
+    parser.add_argument("--out", type=Path, help="results folder (default loadtests/results/<timestamp>)")
+    parser.add_argument("--profile", action="store_true",
+                        help="record py-spy profiles of the stack's processes during each scenario")
+    parser.add_argument("--rate-limits", action="store_true",
+                        help="keep the API's rate limits on (off by default: every simulated team shares one "
+                             "address and plays with no think time)")
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark's database afterwards")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("urllib3", "celery", "kombu", "amqp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    tag = datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + ("-smoke" if args.smoke else "")
+    out = args.out or RESULTS / tag
+    out.mkdir(parents=True, exist_ok=True)
+    scenarios = [s for s in (SMOKE if args.smoke else FULL)
+                 if (not args.only or s.name in args.only) and s.name not in args.skip]
+    assert all(s.fixture in SIZES for s in scenarios)
+    bench = Bench(args, out)
+    results: list[dict[str, Any]] = []
+    began = time.monotonic()
+    error: str | None = None
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        bench.start(tag)
+        for sc in scenarios:
+            results.append(bench.run_guarded(sc))
+    except KeyboardInterrupt as exc:
+        error = f"interrupted ({exc})"
+    except Exception as exc:
+        log.exception("benchmark failed")
+        error = f"{type(exc).__name__}: {exc}"[:3000]
+    finally:
+        settings = bench.stack.settings() if bench.stack else None
+        bench.stop()
+    elapsed = time.monotonic() - began
+    meta = report.machine(settings, bench.stack.env if bench.stack else {}, smoke=args.smoke, elapsed=elapsed,
+                          error=error, rate_limits=args.rate_limits, busy_before=bench.busy_before)
+    path = report.write(out, results, meta)
+    log.info("report: %s (%.0f s)", path, elapsed)
+    if elapsed > BUDGET_SECONDS and not args.only:
+        log.warning("the benchmark took %.0f s, over its %d s budget", elapsed, BUDGET_SECONDS)
+    failed = error is not None or any("error" in r for r in results)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,424 @@
+"""REPORT.md and chart.png of one benchmark run."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from loadtests.stack import REPO
+
+# The system we replace (DESIGN.md and issue 5): measured on this kind of machine, and published.
+REPLACED = {
+    "registration": {"here": "about 110 teams/s, p95 850 ms", "published": "136 teams/s, p95 499 ms",
+                     "rate": 110.0, "p95_ms": 850.0},
+    "organiser": {"here": "-", "published": "12 req/s, p95 7.83 s", "rate": 12.0, "p95_ms": 7830.0},
+    "competition": {"here": "3-12 req/s, p95 30 s", "published": "5 req/s, p95 33.7 s", "rate": 12.0,
+                    "p95_ms": 30000.0},
+    "claim_race": {"here": "some 500s, thousands of orphan rows", "published": "-"},
+    "fanout": {"here": "broke with more than one worker (websockets per process)", "published": "-"},
+    "fanout10k": {"here": "broke with more than one worker (websockets per process)", "published": "-"},
+}
+
+GROUP_ORDER = ["api", "worker registrations", "worker board.0", "worker board.1", "worker board.2",
+               "worker board.3", "worker mystery.0", "sweeper", "realtime", "realtime-2", "postgres", "redis",
+               "locust", "spectators", "bench", "other", "machine"]
+SHORT = {"worker registrations": "reg", "worker mystery.0": "mys.0", "postgres": "pg", "spectators": "spect",
+         "machine": "machine"}
+
+
+def percentiles(values: Any, points: tuple[int, ...] = (50, 95, 99)) -> dict[str, float | None]:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return {f"p{p}": None for p in points}
+    return {f"p{p}": round(float(np.percentile(arr, p)), 1) for p in points}
+
+
+def _run(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=10).stdout.rstrip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def machine(settings: Any, env: dict[str, str], *, smoke: bool, elapsed: float, error: str | None,
+            rate_limits: bool, busy_before: float | None) -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"])
+    return {
+        "commit": _run(["git", "rev-parse", "HEAD"]),
+        "dirty": [line[3:] for line in dirty.splitlines()],
+        "nproc": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu_model": model or platform.processor(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "smoke": smoke,
+        "elapsed": round(elapsed),
+        "error": error,
+        "rate_limits": rate_limits,
+        "busy_before": busy_before,
+        "settings": {
+            "api_workers": getattr(settings, "api_workers", None),
+            "api_threads": getattr(settings, "api_threads", None),
+            "board_queues": getattr(settings, "board_queues", None),
+            "mystery_shards": getattr(settings, "mystery_shards", None),
+            "db_pool_size": getattr(settings, "db_pool_size", None),
+            "broadcast_interval": getattr(settings, "broadcast_interval", None),
+            "environment": getattr(settings, "environment", None),
+        },
+        "postgres": _run(["psql", "--version"]),
+    }
+
+
+# -- formatting --------------------------------------------------------------------------
+
+
+def ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1000:.2f} s" if value >= 10000 else f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def trio(d: dict[str, Any] | None) -> str:
+    if not d or d.get("p50") is None:
+        return "-"
+    return f"{ms(d['p50'])} / {ms(d['p95'])} / {ms(d['p99'])}"
+
+
+def cpu_cell(cpu: dict[str, float]) -> str:
+    if not cpu:
+        return "-"
+    parts = []
+    boards = [v for k, v in cpu.items() if k.startswith("worker board.")]
+    for group in GROUP_ORDER:
+        if group not in cpu or group.startswith("worker board.") or group == "bench":
+            continue
+        parts.append(f"{SHORT.get(group, group)} {cpu[group]:.0f}")
+        if group == "worker registrations" and boards:
+            parts.append("board " + "+".join(f"{v:.0f}" for v in boards))
+    return ", ".join(parts)
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def _ratio(ours: float | None, theirs: float | None, higher_is_better: bool) -> str:
+    if not ours or not theirs:
+        return "-"
+    r = ours / theirs if higher_is_better else theirs / ours
+    return f"{r:.1f}x" if r < 100 else f"{r:.0f}x"
+
+
+# -- the targets -------------------------------------------------------------------------
+
+
+def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, bool | None]]:
+    rows: list[tuple[str, str, str, bool | None]] = []
+
+    def get(name: str) -> dict[str, Any] | None:
+        r = results.get(name)
+        return None if r is None or "error" in r else r
+
+    if (r := get("registration")) is not None:
+        job = r["by_name"].get("job|JOB register", {})
+        rows += [
+            ("registration", ">= 1,000 teams registered/s", f"{r['teams_registered_per_s']:.0f}/s",
+             r["teams_registered_per_s"] >= 1000),
+            ("registration", "p95 accept < 50 ms", ms(r["accept"]["p95"]) + " ms",
+             r["accept"]["p95"] is not None and r["accept"]["p95"] < 50),
+            ("registration", "p95 to job finished < 100 ms", ms(job.get("p95")) + " ms",
+             job.get("p95") is not None and job["p95"] < 100),
+            ("registration", "0 failures", str(r["http_failures"] + r["job_failures"]),
+             r["http_failures"] + r["job_failures"] == 0),
+        ]
+    if (r := get("organiser")) is not None:
+        for v in r["by_name"].values():
+            if v["category"] == "read" and "(list)" in v["name"]:
+                rows.append(("organiser", f"p95 < 50 ms: {v['name'].split(' ', 1)[1]}", ms(v["p95"]) + " ms",
+                             v["p95"] is not None and v["p95"] < 50))
+    if (r := get("competition")) is not None:
+        failures = r["http_failures"] + r["job_failures"]
+        rows += [
+            ("full competition", ">= 500 jobs finished/s", f"{r['jobs_per_s']:.0f}/s", r["jobs_per_s"] >= 500),
+            ("full competition", "p95 POST-to-job-finished < 150 ms", ms(r["job"]["p95"]) + " ms",
+             r["job"]["p95"] is not None and r["job"]["p95"] < 150),
+            ("full competition", "0 failures", str(failures), failures == 0),
+            ("full competition", "0 duplicate claims", str(r["duplicate_claims"]), r["duplicate_claims"] == 0),
+            ("full competition", "0 lost jobs", str(r["jobs_lost"]), r["jobs_lost"] == 0),
+            ("full competition", "0 ledger mismatches", str(r["ledger_mismatches"]), r["ledger_mismatches"] == 0),
+        ]
+    if (r := get("claim_race")) is not None:
+        rows.append(("claim race", f"exactly {r.get('expected_winners')} winners", str(r["claims"]),
+                     r["claims"] == r.get("expected_winners") and r["claims_won_twice"] == 0))
+        fives = sum(f["occurrences"] for f in r["locust_failures"] if f["error"][:1] == "5")
+        rows.append(("claim race", "no 5xx, no orphan rows", f"{fives} 5xx, {r['orphan_claims']} orphans",
+                     fives == 0 and r["orphan_claims"] == 0))
+    for name, label, limit in (("fanout", "2,000 clients, 1 realtime process", 500.0),
+                               ("fanout10k", "10,000 clients, 2 realtime processes", 1000.0)):
+        if (r := get(name)) is None or not r.get("spectators"):
+            continue
+        s = r["spectators"]
+        p99 = s["latency"]["p99"]
+        rows.append((f"fan-out ({label})", f"p99 commit-to-event < {limit:.0f} ms", ms(p99) + " ms",
+                     p99 is not None and p99 < limit))
+        rows.append((f"fan-out ({label})", "every client ends on the final standings",
+                     f"{s['on_final_standings']} of {s['clients']}", s["on_final_standings"] == s["clients"]))
+    return rows
+
+
+# -- the chart ---------------------------------------------------------------------------
+
+
+def chart(out: Path, results: list[dict[str, Any]]) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in results if "error" not in r]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(len(runs), 2, figsize=(14, 3.2 * len(runs)), squeeze=False)
+    for row, r in enumerate(runs):
+        raw = out / "raw" / f"{r['name']}-samples.json"
+        samples = json.loads(raw.read_text())["samples"] if raw.exists() else []
+        t0 = r["window"][0]
+        left, right = axes[row]
+        http = np.array([s[0] for s in samples if s[1] != "job"]) - t0
+        if http.size:
+            bins = np.arange(0, max(1, int(http.max()) + 2))
+            counts, _ = np.histogram(http, bins=bins)
+            left.plot(bins[:-1], counts, label="HTTP requests/s", color="tab:blue")
+        series = r.get("jobs_per_second_series") or []
+        if series:
+            left.plot([s - t0 for s, _ in series], [n for _, n in series], label="jobs finished/s",
+                      color="tab:green")
+        left.set_title(f"{r['title']}: throughput")
+        left.set_xlabel("seconds")
+        left.legend(loc="upper right", fontsize=8)
+        left.grid(alpha=0.3)
+        for category, color in (("accept", "tab:blue"), ("job", "tab:green")):
+            pts = [(s[0] - t0, s[3]) for s in samples if s[1] == category and s[4]]
+            _percentile_lines(right, pts, f"{'HTTP accept' if category == 'accept' else 'POST-to-job-finished'}",
+                              color)
+        if r["name"] == "organiser":
+            pts = [(s[0] - t0, s[3]) for s in samples if s[1] == "read" and s[4]]
+            _percentile_lines(right, pts, "list pages", "tab:purple")
+        events = out / "raw" / f"{r['name']}-events.npz"
+        if events.exists():
+            with np.load(events) as z:
+                pts = list(zip((z["arrival"] - t0).tolist(), z["latency"].tolist(), strict=True))
+            _percentile_lines(right, pts, "commit-to-event", "tab:red")
+        right.set_yscale("log")
+        right.set_ylabel("ms")
+        right.set_xlabel("seconds")
+        right.set_title(f"{r['title']}: latency per second (p50 solid, p95 dashed)")
+        right.legend(loc="upper right", fontsize=8)
+        right.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    path = out / "chart.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def _percentile_lines(ax: Any, points: list[tuple[float, float]], label: str, color: str) -> None:
+    if not points:
+        return
+    arr = np.array(points)
+    seconds = np.floor(arr[:, 0]).astype(int)
+    xs, p50, p95 = [], [], []
+    for s in np.unique(seconds):
+        v = arr[seconds == s, 1]
+        if v.size < 3:
+            continue
+        xs.append(s)
+        p50.append(np.percentile(v, 50))
+        p95.append(np.percentile(v, 95))
+    ax.plot(xs, p50, color=color, label=f"{label} p50")
+    ax.plot(xs, p95, color=color, linestyle="--", label=f"{label} p95")
+
+
+# -- REPORT.md ---------------------------------------------------------------------------
+
+
+def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
+    chart_path = chart(out, results)
+    by_name = {r["name"]: r for r in results}
+    lines: list[str] = []
+    add = lines.append
+    add(f"# Benchmark report{' (smoke run: few users, ~10 s each; not a measurement)' if meta['smoke'] else ''}")
+    add("")
+    add(f"- commit `{meta['commit']}`" + (f" with uncommitted changes in {', '.join(meta['dirty'][:12])}"
+                                           if meta["dirty"] else ""))
+    add(f"- machine: {meta['nproc']} cores ({meta['cpu_model']}), {meta['memory_gib']} GiB, Python {meta['python']}, "
+        f"{meta['platform']}, {meta['postgres']}")
+    s = meta["settings"]
+    add(f"- stack: QUIZ_ENV={s['environment']}, gunicorn {s['api_workers']} workers x {s['api_threads']} threads, "
+        f"{s['board_queues']} board queues + registrations + {s['mystery_shards']} mystery queue(s), one solo "
+        f"Celery consumer each, sweeper, realtime (eventlet); DB pool {s['db_pool_size']}; public broadcasts "
+        f"coalesced every {s['broadcast_interval']} s; rate limits {'on' if meta['rate_limits'] else 'off'}")
+    add("- load generator on the same 2 cores: one Locust process (FastHttpUser, no think time) and the "
+        "Socket.IO spectators (python-socketio AsyncClient, websocket transport) in their own processes")
+    if meta.get("busy_before") is not None:
+        add(f"- the machine was {meta['busy_before']:.0f}% busy (of one core) just before the stack started; "
+            "the CPU column's *other* is what ran beside the benchmark during each scenario (other people's work "
+            "on this shared machine, the kernel). Redis is one server shared with them.")
+    add(f"- whole run: {meta['elapsed']} s" + (f"; **run error: {meta['error']}**" if meta["error"] else ""))
+    add("")
+    add("Latencies are p50 / p95 / p99 in ms. *HTTP accept*: the round trip of a write answered 202. "
+        "*POST-to-job-finished*: from just before the POST to the job's `finishedAt` (the worker's commit). "
+        "*commit-to-event*: from the commit (`at` in the payload) to a spectator's receipt. "
+        "CPU is the average over the scenario in % of one core (200 = the whole machine).")
+    add("")
+    add("| scenario | users | duration | requests/s | jobs completed/s | HTTP accept | POST-to-job-finished "
+        "| commit-to-event | failures | duplicate claims | jobs lost | ledger mismatches | CPU % |")
+    add("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        if "error" in r:
+            add(f"| {r['title']} | {r['users']} | {r['seconds']} s | **failed to run: {r['error'][:200]}** "
+                "| | | | | | | | | |")
+            continue
+        spect = r.get("spectators")
+        users = f"{r['users']}" + (f" + {spect['clients']:,} sockets" if spect else "")
+        event = trio(spect["latency"]) if spect else "-"
+        failures = r["http_failures"] + r["job_failures"]
+        fail_cell = f"{failures}" + (f" ({r['http_failures']} HTTP, {r['job_failures']} job)" if failures else "")
+        add(f"| {r['title']} | {users} | {r['seconds']} s | {r['requests_per_s']:.0f} | {r['jobs_per_s']:.0f} "
+            f"| {trio(r['accept'])} | {trio(r['job'])} | {event} | {fail_cell} | {r['duplicate_claims']} "
+            f"| {r['jobs_lost']} | {r['ledger_mismatches']} | {cpu_cell(r['cpu'])} |")
+    add("")
+
+    add("## Against the system we replace")
+    add("")
+    add("| scenario | replaced system, this kind of machine | replaced system, published | ours | ratio |")
+    add("|---|---|---|---|---|")
+    for r in results:
+        if "error" in r or r["name"] not in REPLACED:
+            continue
+        old = REPLACED[r["name"]]
+        if r["name"] == "registration":
+            job = r["by_name"].get("job|JOB register", {})
+            ours = (f"{r['teams_registered_per_s']:.0f} teams/s; p95 to registered {ms(job.get('p95'))} ms "
+                    f"(p95 accept {ms(r['accept']['p95'])} ms)")
+            ratio = (f"{_ratio(r['teams_registered_per_s'], old['rate'], True)} the throughput, "
+                     f"{_ratio(job.get('p95'), old['p95_ms'], False)} lower p95")
+        elif r["name"] == "organiser":
+            own = r["own_requests"]
+            ours = f"{r['requests_per_s']:.0f} req/s, p95 {ms(own['p95'])} ms over all organiser requests"
+            ratio = (f"{_ratio(r['requests_per_s'], old['rate'], True)} the throughput, "
+                     f"{_ratio(own['p95'], old['p95_ms'], False)} lower p95")
+        elif r["name"] == "competition":
+            ours = (f"{r['requests_per_s']:.0f} req/s ({r['jobs_per_s']:.0f} jobs/s), p95 POST-to-job-finished "
+                    f"{ms(r['job']['p95'])} ms")
+            ratio = (f"{_ratio(r['requests_per_s'], old['rate'], True)} the requests/s of its best figure, "
+                     f"{_ratio(r['job']['p95'], old['p95_ms'], False)} lower p95")
+        elif r["name"] == "claim_race":
+            fives = sum(f["occurrences"] for f in r["locust_failures"] if f["error"][:1] == "5")
+            ours = (f"{fives} 5xx, {r['orphan_claims']} orphan claims, {r['claims']} winners of "
+                    f"{r.get('expected_winners')} expected, {r['claims_won_twice']} questions won twice")
+            ratio = "-"
+        else:
+            sp = r.get("spectators") or {}
+            ours = (f"{sp.get('connected', 0):,} clients on {sp.get('processes')} realtime process(es), p99 "
+                    f"commit-to-event {ms((sp.get('latency') or {}).get('p99'))} ms, "
+                    f"{sp.get('on_final_standings', 0):,} on the final standings")
+            ratio = "-"
+        add(f"| {r['title']} | {old['here']} | {old['published']} | {ours} | {ratio} |")
+    add("")
+
+    add("## Targets (issue 5)")
+    add("")
+    add("| scenario | target | measured | verdict |")
+    add("|---|---|---|---|")
+    for scenario, target, measured, ok in targets(by_name):
+        add(f"| {scenario} | {target} | {measured} | {verdict(ok)} |")
+    add("")
+    if chart_path:
+        add("## Throughput and latency over time")
+        add("")
+        add("![throughput and latency over time](chart.png)")
+        add("")
+
+    add("## Details per scenario")
+    for r in results:
+        add("")
+        add(f"### {r['title']}")
+        add("")
+        if r.get("deaths"):
+            add(f"**Stack processes died during this scenario** (stopped from outside the benchmark: this machine "
+                f"is shared), so it was run again with them restarted: {'; '.join(r['deaths'])}.")
+            add("")
+        if "error" in r:
+            add(f"Failed to run: `{r['error']}`")
+            continue
+        window = r["window"][1] - r["window"][0]
+        add(f"Competition `{r['slug']}`; set-up {r['setup_seconds']} s; load window {window:.1f} s; "
+            f"queues drained {r['drain_seconds']} s after Locust stopped; {r['requests']:,} HTTP requests; "
+            f"{r['jobs_finished']:,} jobs finished in the window; {r['accepted_by_clients']:,} jobs accepted by "
+            f"the clients, {r['accepted_missing']} of them missing from the database, {r['accepted_unfinished']} "
+            f"unfinished; {r['jobs_unfinished']} jobs of the competition unfinished after the drain. "
+            f"Server-side job time (created to finished, from the jobs table): {trio(r['server_job_ms'])}. "
+            f"Prefer: wait round trips: {trio(r['wait'])} ({r['wait']['count']}).")
+        add("")
+        add("| request | count | failures | p50 | p95 | p99 |")
+        add("|---|---|---|---|---|---|")
+        for v in r["by_name"].values():
+            add(f"| {v['category']}: `{v['name']}` | {v['count']:,} | {v['failures']} | {ms(v['p50'])} "
+                f"| {ms(v['p95'])} | {ms(v['p99'])} |")
+        add("")
+        add("Job outcomes (client side): " + ", ".join(f"{k}: {n:,}" for k, n in sorted(r["outcomes"].items())))
+        add("")
+        add("Jobs in the database: " + ", ".join(f"{k}: {n:,}" for k, n in r["job_statuses"].items()))
+        add("")
+        add(f"Checks: {r['teams']} teams, {r['claims']} claims, {r['duplicate_claim_rows']} questions with two "
+            f"claim rows, {r['claims_won_twice']} questions whose claim succeeded twice, {r['mystery_sold_twice']} "
+            f"mystery questions sold twice, {r['orphan_claims']} claims without a succeeded claim job, "
+            f"{r['ledger_mismatches']} teams whose points differ from starting points + ledger.")
+        if r["locust_failures"]:
+            add("")
+            add("Failures reported by Locust:")
+            add("")
+            for f in r["locust_failures"][:15]:
+                add(f"- {f['occurrences']} x {f['method']} `{f['name']}`: {f['error']}")
+        if r.get("spectators"):
+            sp = r["spectators"]
+            add("")
+            errors = "; ".join(f"{n} x {k}" for k, n in sp.get("connect_errors", {}).items())
+            add(f"Spectators: {sp['connected']:,} of {sp['clients']:,} connected in {sp.get('connect_seconds')} s "
+                f"({sp['connect_failures']} gave up, {sp.get('connect_retries', 0)} connection attempts failed and "
+                f"were retried{': ' + errors if errors else ''}; "
+                f"{sp['disconnects']} disconnects) in {sp['processes']} process(es); events received: "
+                + ", ".join(f"{k} {n:,}" for k, n in sorted(sp["events"].items()))
+                + f"; {sp['seq_regressions']:,} events arrived with a seq not above the client's last one of any "
+                f"event ({sp.get('seq_regressions_same_event', 0):,} not above the last one of the same event); "
+                f"{sp['on_final_standings']:,} clients ended on the final standings (checked once no event had "
+                f"arrived for 2 s, {sp.get('settled_seconds')} s after the load stopped). Commit-to-event by event: "
+                + "; ".join(f"{k} {trio(v)} ({v['count']:,})" for k, v in sp["by_event"].items())
+                + f". The spectators' own event-loop lag: p99 {ms(sp['loop_lag_p99'])} ms, "
+                f"max {ms(sp['loop_lag_max'])} ms (when this is large the latencies include the clients' backlog).")
+        add("")
+        add("CPU (% of one core): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["cpu"].items())))
+    add("")
+    path = out / "REPORT.md"
+    findings = out / "FINDINGS.md"
+    if findings.exists():
+        lines += ["", findings.read_text()]
+    path.write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+    return path

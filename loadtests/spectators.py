@@ -1,0 +1,289 @@
+"""Socket.IO spectators: many python-socketio clients in one asyncio process, counting events.
+
+    .venv/bin/python -m loadtests.spectators --url http://127.0.0.1:8001 --fixture f.json \
+        --clients 2000 [--organisers 10] [--duration 300] [--out spectators.json]
+
+Every client connects over the websocket transport with ``auth={"competition": slug}``; a few
+(``--organisers``) also send the organiser token and so join the organisers' room, which gets
+every ``score_update``. For each event the client notes its arrival time; commit-to-event latency
+is arrival minus the payload's ``at`` (the worker's commit time; same machine, same clock). The
+connect-time snapshot (a ``leaderboard_update`` with no changes) is counted but not timed.
+
+The process stops listening at ``--duration`` or on SIGTERM/SIGINT. It then lets the clients
+drain what is still on its way (until no event arrived for ``--settle`` seconds, at most
+``--settle-max``), reads the final leaderboard over the REST API and counts the clients whose
+last ``leaderboard_update`` shows exactly those standings. It writes a JSON summary (``--out``) and
+the raw samples beside it (``<out>.npz``: arrival time, latency, event) for the benchmark.
+It also measures its own event-loop lag: if the clients' loop falls behind, the latencies
+measure the clients, not the server, and the summary says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from array import array
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import socketio
+
+from loadtests import config
+
+EVENTS = ("leaderboard_update", "score_update", "question_claimed", "competition_state", "job_update",
+          "time_update")
+log = logging.getLogger("spectators")
+
+
+def percentiles(values: Any, points: tuple[float, ...] = (50, 95, 99)) -> dict[str, float | None]:
+    if len(values) == 0:
+        return {f"p{p:g}": None for p in points} | {"max": None}
+    arr = np.asarray(values, dtype=np.float64)
+    out: dict[str, float | None] = {f"p{p:g}": round(float(np.percentile(arr, p)), 1) for p in points}
+    out["max"] = round(float(arr.max()), 1)
+    return out
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.arrival = array("d")
+        self.latency = array("f")
+        self.event = array("b")
+        self.counts: Counter[str] = Counter()
+        self.snapshots = 0
+        self.seq_regressions = 0  # seq not above the last event of any kind
+        self.seq_regressions_same_event = 0  # seq not above the last event of the same kind
+        self.last_event_at = time.monotonic()
+        self.listening = False
+        self.connected = 0
+        self.connect_failures = 0
+        self.connect_retries = 0
+        self.connect_errors: Counter[str] = Counter()
+        self.disconnects = 0
+        self.lag = array("f")
+        self._at: dict[str, float] = {}
+
+    def commit_time(self, at: str) -> float:
+        cached = self._at.get(at)
+        if cached is None:
+            if len(self._at) > 10000:
+                self._at.clear()
+            cached = self._at[at] = datetime.fromisoformat(at).timestamp()
+        return cached
+
+
+class Spectator:
+    def __init__(self, tally: Tally, http: aiohttp.ClientSession) -> None:
+        self.tally = tally
+        self.sio = socketio.AsyncClient(reconnection=True, reconnection_attempts=3, handle_sigint=False,
+                                        http_session=http, request_timeout=30)
+        self.sio.on("*", self.on_event)
+        self.sio.on("disconnect", self.on_disconnect)
+        self.last_seq = 0
+        self.last_seq_by_event: dict[str, int] = {}
+        self.leaderboard: list[dict[str, Any]] | None = None
+
+    def on_disconnect(self, *_: Any) -> None:
+        self.tally.disconnects += 1
+
+    def on_event(self, event: str, data: Any) -> None:
+        now = time.time()
+        tally = self.tally
+        tally.counts[event] += 1
+        tally.last_event_at = time.monotonic()
+        if not isinstance(data, dict):
+            return
+        seq = data.get("seq")
+        if isinstance(seq, int):
+            if seq <= self.last_seq:
+                tally.seq_regressions += 1
+            if seq <= self.last_seq_by_event.get(event, 0):
+                tally.seq_regressions_same_event += 1
+            self.last_seq = max(self.last_seq, seq)
+            self.last_seq_by_event[event] = max(self.last_seq_by_event.get(event, 0), seq)
+        if event == "leaderboard_update":
+            self.leaderboard = data.get("leaderboard")
+            if not data.get("changes"):
+                tally.snapshots += 1
+                return
+        at = data.get("at")
+        if isinstance(at, str):
+            tally.arrival.append(now)
+            tally.latency.append((now - tally.commit_time(at)) * 1000)
+            tally.event.append(EVENTS.index(event) if event in EVENTS else -1)
+
+    async def connect(self, url: str, slug: str, token: str | None) -> bool:
+        auth: dict[str, str] = {"competition": slug}
+        if token:
+            auth["token"] = token
+        for attempt in range(3):
+            try:
+                await self.sio.connect(url, auth=auth, transports=["websocket"], wait_timeout=30)
+                return True
+            except (TimeoutError, socketio.exceptions.ConnectionError, aiohttp.ClientError) as exc:
+                self.tally.connect_retries += 1
+                self.tally.connect_errors[repr(exc)[:200]] += 1
+                await asyncio.sleep(0.5 * (attempt + 1))
+        return False
+
+
+async def watch_lag(tally: Tally, stop: asyncio.Event) -> None:
+    period = 0.1
+    while not stop.is_set():
+        started = time.monotonic()
+        await asyncio.sleep(period)
+        if tally.listening:
+            tally.lag.append((time.monotonic() - started - period) * 1000)
+
+
+async def final_leaderboard(api: str, slug: str, limit: int) -> list[dict[str, Any]] | None:
+    async with aiohttp.ClientSession() as http, http.get(
+        f"{api.rstrip('/')}/api/v1/competitions/{slug}/leaderboard", params={"limit": str(limit)},
+        timeout=aiohttp.ClientTimeout(total=30),
+    ) as resp:
+        if resp.status != 200:
+            return None
+        body = await resp.json()
+        return body["leaderboard"]
+
+
+def same_standings(a: list[dict[str, Any]] | None, b: list[dict[str, Any]]) -> bool:
+    if a is None:
+        return False
+    key = [(r.get("rank"), r.get("teamName"), r.get("points")) for r in a]
+    return key == [(r.get("rank"), r.get("teamName"), r.get("points")) for r in b]
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    tally = Tally()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    http = aiohttp.ClientSession(connector=connector)
+    spectators = [Spectator(tally, http) for _ in range(args.clients)]
+    lag_task = asyncio.create_task(watch_lag(tally, stop))
+    started = time.time()
+
+    async def join(i: int, s: Spectator) -> None:
+        token = config.admin_token() if i < args.organisers else None
+        if await s.connect(args.url, args.slug, token):
+            tally.connected += 1
+        else:
+            tally.connect_failures += 1
+
+    joins = []
+    for i, s in enumerate(spectators):
+        if stop.is_set():
+            break
+        joins.append(asyncio.create_task(join(i, s)))
+        await asyncio.sleep(1 / args.rate)
+    await asyncio.gather(*joins)
+    connect_seconds = time.time() - started
+    log.info("%d connected, %d failed in %.1f s", tally.connected, tally.connect_failures, connect_seconds)
+    if args.ready_file:
+        args.ready_file.write_text(json.dumps({"connected": tally.connected, "failed": tally.connect_failures,
+                                               "retries": tally.connect_retries, "seconds": round(connect_seconds, 1)}))
+    listen_from = time.time()
+    tally.listening = True
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=max(0.0, args.duration - (listen_from - started)))
+    stop.set()
+    listen_to = time.time()
+    # Let the clients drain what is still on its way: until no event came for --settle seconds
+    # (at most --settle-max), then compare what each client shows with the final standings.
+    while time.monotonic() - tally.last_event_at < args.settle and time.time() - listen_to < args.settle_max:
+        await asyncio.sleep(0.2)
+    tally.listening = False
+    settled = time.time() - listen_to
+    size = max((len(s.leaderboard or []) for s in spectators), default=10) or 10
+    final = await final_leaderboard(args.api, args.slug, size) if args.api else None
+    on_final = sum(1 for s in spectators if final is not None and same_standings(s.leaderboard, final))
+    received_any = sum(1 for s in spectators if s.leaderboard is not None)
+    await asyncio.wait_for(
+        asyncio.gather(*(s.sio.disconnect() for s in spectators if s.sio.connected), return_exceptions=True),
+        timeout=30,
+    )
+    await http.close()
+    lag_task.cancel()
+    latency = np.frombuffer(tally.latency, dtype=np.float32) if len(tally.latency) else np.zeros(0, np.float32)
+    events = np.frombuffer(tally.event, dtype=np.int8) if len(tally.event) else np.zeros(0, np.int8)
+    by_event = {
+        name: {"count": int((events == i).sum()), **percentiles(latency[events == i])}
+        for i, name in enumerate(EVENTS) if (events == i).any()
+    }
+    summary = {
+        "url": args.url,
+        "slug": args.slug,
+        "clients": args.clients,
+        "organisers": args.organisers,
+        "connected": tally.connected,
+        "connect_failures": tally.connect_failures,
+        "connect_retries": tally.connect_retries,
+        "connect_errors": dict(tally.connect_errors),
+        "connect_seconds": round(connect_seconds, 1),
+        "disconnects": tally.disconnects,
+        "listen_from": listen_from,
+        "listen_to": listen_to,
+        "events": dict(tally.counts),
+        "snapshots": tally.snapshots,
+        "seq_regressions": tally.seq_regressions,
+        "seq_regressions_same_event": tally.seq_regressions_same_event,
+        "settled_seconds": round(settled, 1),
+        "latency_ms": {"all": {"count": len(latency), **percentiles(latency)}, **by_event},
+        "loop_lag_ms": percentiles(tally.lag),
+        "final_leaderboard": final,
+        "clients_on_final_standings": on_final,
+        "clients_with_a_leaderboard": received_any,
+    }
+    if args.out:
+        args.out.write_text(json.dumps(summary, indent=1))
+        np.savez_compressed(args.out.with_suffix(".npz"), arrival=np.frombuffer(tally.arrival, dtype=np.float64)
+                            if len(tally.arrival) else np.zeros(0), latency=latency, event=events)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8001", help="the realtime server")
+    parser.add_argument("--api", default="http://127.0.0.1:8000", help="the API, for the final standings")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--slug")
+    where.add_argument("--fixture", type=Path, help="a fixture JSON from loadtests.fixtures")
+    parser.add_argument("--clients", type=int, default=500)
+    parser.add_argument("--organisers", type=int, default=0, help="how many of the clients join as organisers")
+    parser.add_argument("--rate", type=float, default=200.0, help="new connections per second")
+    parser.add_argument("--duration", type=float, default=300.0, help="stop after this many seconds at most")
+    parser.add_argument("--settle", type=float, default=2.0,
+                        help="after stopping, wait until no event arrived for this many seconds, then check")
+    parser.add_argument("--settle-max", type=float, default=60.0, help="but wait at most this long")
+    parser.add_argument("--ready-file", type=Path, help="written once every client has tried to connect")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.fixture:
+        args.slug = json.loads(args.fixture.read_text())["slug"]
+    if args.duration > 3600:
+        parser.error("--duration is at most 3600 s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("socketio").setLevel(logging.ERROR)
+    logging.getLogger("engineio").setLevel(logging.ERROR)
+    summary = asyncio.run(run(args))
+    lat = summary["latency_ms"]["all"]
+    print(f"{summary['connected']}/{summary['clients']} connected, {lat['count']} timed events, "
+          f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, {summary['clients_on_final_standings']} on the final standings")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

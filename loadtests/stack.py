@@ -1,0 +1,397 @@
+"""The stack under test, started as subprocesses the way production runs it, and their CPU.
+
+A fresh PostgreSQL database and a Redis DB index of its own; gunicorn, one single-threaded
+Celery consumer per queue, the sweeper and the realtime server(s). Every child gets
+PR_SET_PDEATHSIG, so a benchmark killed hard leaves no server behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+LOOPBACK = "127.0.0.1"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+PORT_CEILING = 32767
+
+log = logging.getLogger("bench")
+
+
+def _die_with_parent() -> None:
+    # Linux: deliver SIGTERM to the child when the benchmark dies, however it dies.
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def free_port(preferred: int) -> int:
+    for port in range(preferred, PORT_CEILING + 1):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port from {preferred} to {PORT_CEILING}")
+
+
+def libpq_url(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://").replace("postgres://", "postgresql://")
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urllib.parse.urlsplit(libpq_url(url))
+    return urllib.parse.urlunsplit(parts._replace(path="/" + name))
+
+
+def with_redis_db(url: str, index: int) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "unix":
+        query = dict(urllib.parse.parse_qsl(parts.query))
+        query["db"] = str(index)
+        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{index}"))
+
+
+def pick_redis_db(url: str, preferred: int | None) -> int:
+    """A Redis DB index nobody uses: an empty one, from 15 down (or the one asked for)."""
+    if preferred is not None:
+        return preferred
+    for index in range(15, 0, -1):
+        client = redis.Redis.from_url(with_redis_db(url, index))
+        try:
+            if client.dbsize() == 0:
+                return index
+        finally:
+            client.close()
+    raise RuntimeError("no empty Redis DB index in 1..15; set BENCH_REDIS_DB")
+
+
+@dataclass
+class Services:
+    """The database and Redis index of one benchmark run."""
+
+    admin_url: str
+    database: str
+    database_url: str
+    redis_url: str
+    redis_db: int
+
+    @classmethod
+    def create(cls, env: Mapping[str, str], tag: str) -> Services:
+        import psycopg
+
+        admin_url = libpq_url(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
+        database = f"quiz_bench_{tag}"
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{database}"')
+        base_redis = env.get("REDIS_URL") or DEFAULT_REDIS_URL
+        preferred = env.get("BENCH_REDIS_DB")
+        index = pick_redis_db(base_redis, int(preferred) if preferred else None)
+        redis_url = with_redis_db(base_redis, index)
+        redis.Redis.from_url(redis_url).flushdb()
+        return cls(admin_url, database, with_database(admin_url, database), redis_url, index)
+
+    def drop(self) -> None:
+        import psycopg
+
+        try:
+            redis.Redis.from_url(self.redis_url).flushdb()
+        except redis.RedisError:
+            log.warning("could not flush Redis DB %d", self.redis_db, exc_info=True)
+        try:
+            with psycopg.connect(self.admin_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        except psycopg.Error:
+            log.warning("could not drop database %s", self.database, exc_info=True)
+
+
+@dataclass
+class Proc:
+    name: str
+    group: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    argv: list[str]
+    env: dict[str, str]
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    log_dir: Path
+    api_port: int
+    realtime_ports: list[int]
+    queues: list[str]
+    procs: list[Proc] = field(default_factory=list)
+
+    @property
+    def api(self) -> str:
+        return f"http://{LOOPBACK}:{self.api_port}"
+
+    def realtime(self, index: int = 0) -> str:
+        return f"http://{LOOPBACK}:{self.realtime_ports[index]}"
+
+    @classmethod
+    def prepare(cls, services: Services, log_dir: Path, base_env: Mapping[str, str], rate_limits: bool) -> Stack:
+        from settings import Settings
+        from workers.routing import all_queues
+
+        api_port = free_port(int(base_env.get("BENCH_API_PORT", "18000")))
+        rt_ports = [free_port(api_port + 1)]
+        rt_ports.append(free_port(rt_ports[0] + 1))
+        env = {k: v for k, v in base_env.items() if not k.startswith("QUIZ_") and k != "ADMIN_TOKEN"}
+        env.update({
+            "QUIZ_ENV": "production",
+            "DATABASE_URL": services.database_url,
+            "REDIS_URL": services.redis_url,
+            "REDIS_PREFIX": f"bench-{services.database}",
+            "ADMIN_TOKEN": secrets.token_hex(24),
+            "API_PORT": str(api_port),
+            "REALTIME_PORT": str(rt_ports[0]),
+            "LOG_LEVEL": base_env.get("LOG_LEVEL", "WARNING"),
+            "PYTHONUNBUFFERED": "1",
+        })
+        if not rate_limits:
+            # Every simulated team shares 127.0.0.1 and plays with no think time; see README.
+            env.update({"RATE_LIMIT_IP": "0", "RATE_LIMIT_TEAM": "0", "WRONG_ANSWER_LIMIT": "0"})
+        settings = Settings.from_env(env)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        return cls(env, log_dir, api_port, rt_ports, all_queues(settings))
+
+    def settings(self) -> Any:
+        from settings import Settings
+
+        return Settings.from_env(self.env)
+
+    def spawn(self, name: str, group: str, argv: list[str], env: Mapping[str, str] | None = None) -> Proc:
+        log_path = self.log_dir / f"{name}.log"
+        env = dict(env or self.env)
+        out = log_path.open("ab")
+        popen = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+        out.close()
+        proc = Proc(name, group, popen, log_path, argv, env)
+        self.procs.append(proc)
+        return proc
+
+    def dead(self) -> list[Proc]:
+        return [p for p in self.procs if p.popen.poll() is not None]
+
+    def revive(self) -> list[Proc]:
+        """Start again whatever stack process has died (this machine is shared: see README)."""
+        revived = []
+        for proc in self.dead():
+            log.warning("%s exited with %s; starting it again", proc.name, proc.popen.returncode)
+            self.procs.remove(proc)
+            revived.append(self.spawn(proc.name, proc.group, proc.argv, proc.env))
+        if revived:
+            self.wait_ready()
+        return revived
+
+    def migrate(self) -> None:
+        from models.migrate import upgrade
+
+        upgrade(self.settings())
+
+    def start(self) -> None:
+        self.spawn("api", "api", [str(BIN / "gunicorn"), "-c", "web/gunicorn_conf.py", "web.wsgi:app"])
+        for queue in self.queues:
+            self.spawn(f"worker-{queue}", f"worker {queue}", [
+                str(BIN / "celery"), "-A", "workers.celery_app", "worker", "-Q", queue, "-c", "1", "-P", "solo",
+                "-n", f"{queue}@%h", "--without-gossip", "--without-mingle", "-l", "WARNING",
+            ])
+        self.spawn("sweeper", "sweeper", [sys.executable, "-m", "workers.sweeper"])
+        self.start_realtime(0)
+
+    def start_realtime(self, index: int) -> Proc:
+        env = dict(self.env, REALTIME_PORT=str(self.realtime_ports[index]))
+        name = "realtime" if index == 0 else f"realtime-{index + 1}"
+        return self.spawn(name, name, [sys.executable, "-m", "realtime"], env)
+
+    def stop_proc(self, proc: Proc, timeout: float = 10.0) -> None:
+        if proc.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.popen.pid, signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait(5)
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop(self) -> None:
+        for proc in list(reversed(self.procs)):
+            self.stop_proc(proc)
+
+    def check_alive(self) -> None:
+        dead = self.dead()
+        if dead:
+            tails = "\n".join(f"--- {p.name} (exit {p.popen.returncode}):\n{tail(p.log_path)}" for p in dead)
+            raise RuntimeError(f"stack process(es) exited: {', '.join(p.name for p in dead)}\n{tails}")
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        from workers.celery_app import create_celery
+
+        deadline = time.monotonic() + timeout
+        urls = [self.api + "/readyz"] + [self.realtime(i) + "/healthz" for i, _ in enumerate(self.realtime_ports)
+                                         if any(p.name == ("realtime" if i == 0 else f"realtime-{i + 1}")
+                                                for p in self.procs)]
+        for url in urls:
+            while True:
+                self.check_alive()
+                try:
+                    if requests.get(url, timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{url} not ready in {timeout:.0f} s")
+                time.sleep(0.3)
+        celery = create_celery(self.settings())
+        expected = set(self.queues)
+        try:
+            while True:
+                self.check_alive()
+                replies = celery.control.ping(timeout=1.0) or []
+                names = {name.split("@", 1)[0] for reply in replies for name in reply}
+                if expected <= names:
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Celery workers not ready in {timeout:.0f} s: missing {expected - names}")
+        finally:
+            celery.close()
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class CpuSampler:
+    """CPU seconds of each process group, sampled once a second (children included)."""
+
+    def __init__(self, database: str = "") -> None:
+        # PostgreSQL backends serving this database count as ours; the rest of the server's
+        # processes (other databases, background workers) as "postgres (other)".
+        self.database = database
+        self.groups: dict[str, list[psutil.Process]] = {}
+        self.no_children: set[str] = set()
+        self.samples: list[tuple[float, dict[str, float], float]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+        self._dead: dict[str, float] = {}
+        self._last: dict[tuple[str, int], float] = {}
+
+    def add(self, group: str, pid: int, children: bool = True) -> None:
+        if not children:
+            self.no_children.add(group)
+        try:
+            process = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            return
+        with self._lock:
+            self.groups.setdefault(group, []).append(process)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _cpu(self, process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return times.user + times.system
+
+    def _read(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        with self._lock:
+            groups = {k: list(v) for k, v in self.groups.items()}
+        external: dict[str, list[psutil.Process]] = {"postgres": [], "postgres (other)": [], "redis": []}
+        for p in psutil.process_iter(["name", "cmdline"]):
+            name = p.info["name"] or ""
+            if name.startswith("postgres"):
+                ours = self.database and self.database in " ".join(p.info["cmdline"] or [])
+                external["postgres" if ours else "postgres (other)"].append(p)
+            elif name.startswith("redis-server"):
+                external["redis"].append(p)
+        for group, roots in list(groups.items()) + list(external.items()):
+            total = self._dead.get(group, 0.0)
+            members: list[psutil.Process] = []
+            for root in roots:
+                members.append(root)
+                if group not in external and group not in self.no_children:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        members.extend(root.children(recursive=True))
+            for p in members:
+                key = (group, p.pid)
+                try:
+                    cpu = self._cpu(p)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    # Keep what a process that went away had used, so the group's count never drops.
+                    if key in self._last:
+                        last = self._last.pop(key)
+                        self._dead[group] = self._dead.get(group, 0.0) + last
+                        total += last
+                    continue
+                self._last[key] = cpu
+                total += cpu
+            out[group] = total
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            cpu = psutil.cpu_times()
+            busy = cpu.user + cpu.system + cpu.nice + cpu.irq + cpu.softirq + getattr(cpu, "steal", 0.0)
+            self.samples.append((time.time(), self._read(), busy))
+            self._stop.wait(1.0)
+
+    def busy(self, seconds: float = 3.0) -> float:
+        """How busy the machine is right now, in % of one core."""
+        before = psutil.cpu_times()
+        time.sleep(seconds)
+        after = psutil.cpu_times()
+        idle = (after.idle + after.iowait) - (before.idle + before.iowait)
+        total = sum(after) - sum(before)
+        return 100.0 * (os.cpu_count() or 1) * (1 - idle / total) if total else 0.0
+
+    def usage(self, start: float, end: float) -> dict[str, float]:
+        """Average CPU of each group between two wall times, in % of one core."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return {}
+        (t0, a, busy0), (t1, b, busy1) = inside[0], inside[-1]
+        span = t1 - t0
+        out = {g: 100.0 * (b[g] - a.get(g, 0.0)) / span for g in b if g in a or b[g] > 0}
+        out["machine"] = 100.0 * (busy1 - busy0) / span
+        # Everything on the machine that is not this benchmark (other people's work, the kernel).
+        mine = sum(v for g, v in out.items() if g not in ("machine", "postgres (other)"))
+        out["other"] = max(0.0, out["machine"] - mine)
+        return out
