@@ -18,12 +18,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
+from celery import Celery
 from sqlalchemy import Engine, create_engine, pool, text
 from sqlalchemy.engine import make_url
 
 from models.migrate import upgrade
 from settings import Settings
 from tests.support import ADMIN_TOKEN, Api, Db, Listener, Stack, free_port, unique
+from workers.celery_app import create_celery
 from workers.routing import all_queues
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -164,6 +166,14 @@ def db(engine: Engine) -> Db:
 
 
 @pytest.fixture
+def celery(settings: Settings) -> Iterator[Celery]:
+    """A Celery app on the test broker, for sending messages as the API or the sweeper would."""
+    app = create_celery(settings)
+    yield app
+    app.close()
+
+
+@pytest.fixture
 def api(stack: Stack) -> Iterator[Api]:
     client = Api(stack.api_url)
     yield client
@@ -181,10 +191,8 @@ def listen(stack: Stack) -> Iterator[Callable[..., Listener]]:
     """Connect Socket.IO clients; all are disconnected after the test."""
     listeners: list[Listener] = []
 
-    def connect(competition: str, token: str | None = None, **auth: Any) -> Listener:
-        data: dict[str, Any] = {"competition": competition, **auth}
-        if token is not None:
-            data["token"] = token
+    def connect(competition: Any = None, token: Any = None) -> Listener:
+        data = {k: v for k, v in (("competition", competition), ("token", token)) if v is not None}
         listener = Listener(stack.realtime_url, data)
         listeners.append(listener)
         return listener.connect()

@@ -22,11 +22,13 @@ from typing import Any, TypeVar
 
 import requests
 import socketio
-from sqlalchemy import Engine, func, select
+from celery import Celery
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.tables import Competition, Job, ScoreEvent, Team
 from settings import Settings
+from workers.routing import TASK_FOR_KIND
 
 T = TypeVar("T")
 
@@ -542,6 +544,7 @@ class Listener:
         self.url = url
         self.auth = auth
         self.events: list[tuple[str, dict[str, Any]]] = []
+        self.received_at: list[float] = []  # time.monotonic() of each event
         self._cond = threading.Condition()
         self.client = socketio.Client(reconnection=False)
         self.client.on("*", self._record)
@@ -549,6 +552,7 @@ class Listener:
     def _record(self, event: str, data: Any = None) -> None:
         with self._cond:
             self.events.append((event, data))
+            self.received_at.append(time.monotonic())
             self._cond.notify_all()
 
     def connect(self) -> Listener:
@@ -614,3 +618,25 @@ def post_all(api: Api, method: str, requests_: Sequence[tuple[str, str, Any]], t
     for resp in responses:
         expect(resp, *accepted)
     return [r.json() for r in responses]
+
+
+# -- jobs behind the API's back -------------------------------------------------------------
+
+
+def insert_job(db: Db, *, competition_id: int, kind: str, queue: str, token: str, payload: dict[str, Any],
+               team_id: int | None, age_seconds: float = 0) -> str:
+    """A job row as the API writes it, but no message: as if the enqueue was lost."""
+    job_id = uuid.uuid4()
+    with db.sessions.begin() as session:
+        session.add(Job(id=job_id, competition_id=competition_id, kind=kind, queue=queue, team_id=team_id,
+                        owner_hash=token_digest(token), payload=payload))
+        if age_seconds:
+            session.flush()
+            session.execute(text("UPDATE jobs SET created_at = now() - make_interval(secs => :s) WHERE id = :id"),
+                            {"s": age_seconds, "id": job_id})
+    return str(job_id)
+
+
+def send(celery: Celery, job_id: str, kind: str, queue: str) -> str:
+    """Deliver a job's message (again), as the API or the sweeper does; returns the Celery task id."""
+    return str(celery.send_task(TASK_FOR_KIND[kind], kwargs={"job_id": job_id}, queue=queue).id)

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 
 from models.db import make_sessionmaker
 from models.live import Live
-from models.tables import Claim, Job, ScoreEvent, Submission, Team
+from models.tables import Claim, ScoreEvent, Submission, Team
 from settings import Settings
 from tests.support import (
     Api,
@@ -23,24 +23,18 @@ from tests.support import (
     TeamHandle,
     answer_of,
     concurrently,
+    insert_job,
     ok_job,
     post_all,
     questions,
     register_teams,
+    send,
     token_digest,
     wait_until,
 )
-from workers.celery_app import create_celery
 from workers.jobs import WorkerContext, run_job
-from workers.routing import REGISTRATIONS, TASK_FOR_KIND, board_queue
+from workers.routing import REGISTRATIONS, board_queue
 from workers.sweeper import Sweeper
-
-
-@pytest.fixture
-def celery(settings: Settings) -> Iterator[Celery]:
-    app = create_celery(settings)
-    yield app
-    app.close()
 
 
 @pytest.fixture
@@ -57,11 +51,6 @@ def worker_context(settings: Settings) -> Iterator[WorkerContext]:
     yield ctx
     ctx.engine.dispose()
     ctx.live.redis.close()
-
-
-def send(celery: Celery, job_id: str, kind: str, queue: str) -> str:
-    """Deliver a job's message (again); returns the Celery task id."""
-    return str(celery.send_task(TASK_FOR_KIND[kind], kwargs={"job_id": job_id}, queue=queue).id)
 
 
 def _pending_task_ids(broker: redis.Redis, queue: str) -> set[str]:
@@ -83,20 +72,6 @@ def wait_consumed(broker: redis.Redis, queue: str, task_ids: Iterable[str], time
         return len(streak) >= 2 and streak[-1] and streak[-2]
 
     wait_until(gone, timeout, message=f"tasks on {queue} to be consumed")
-
-
-def insert_job(db: Db, *, competition_id: int, kind: str, queue: str, token: str, payload: dict[str, Any],
-               team_id: int | None, age_seconds: float = 0) -> str:
-    """A job row as the API writes it, but no message: as if the enqueue was lost."""
-    job_id = uuid.uuid4()
-    with db.sessions.begin() as session:
-        session.add(Job(id=job_id, competition_id=competition_id, kind=kind, queue=queue, team_id=team_id,
-                        owner_hash=token_digest(token), payload=payload))
-        if age_seconds:
-            session.flush()
-            session.execute(text("UPDATE jobs SET created_at = now() - make_interval(secs => :s) WHERE id = :id"),
-                            {"s": age_seconds, "id": job_id})
-    return str(job_id)
 
 
 def submission_facts(db: Db, team_id: int) -> tuple[int, list[tuple[int, str]], int]:
