@@ -83,7 +83,7 @@ def _spectator_argv(stack: Stack, sc: Scenario, fixture: Fixture, index: int, cl
     return [
         sys.executable, "-m", "loadtests.spectators", "--url", stack.realtime(index), "--api", stack.api,
         "--slug", fixture.slug, "--clients", str(clients), "--organisers", str(sc.organisers if index == 0 else 0),
-        "--rate", str(sc.connect_rate), "--duration", str(int(connect_time + sc.seconds + 240)),
+        "--rate", str(sc.connect_rate), "--duration", str(int(connect_time + sc.seconds + 240)), "--settle-max", "30",
         "--ready-file", str(raw / f"{sc.name}-spectators-{index}.ready"),
         "--out", str(raw / f"{sc.name}-spectators-{index}.json"),
     ]
@@ -475,6 +475,22 @@ class Bench:
         }
 
 
+def wait_for_quiet(limit: float, threshold: float = 25.0, samples: int = 3) -> None:
+    """Wait (at most ``limit`` seconds) until the machine was under ``threshold``% of one core
+    busy for ``samples`` periods of 5 s in a row."""
+    probe = CpuSampler()
+    began = time.monotonic()
+    calm = 0
+    while time.monotonic() - began < limit:
+        busy = probe.busy(5.0)
+        calm = calm + 1 if busy < threshold else 0
+        if calm >= samples:
+            log.info("the machine is quiet (%.0f%% busy) after %.0f s", busy, time.monotonic() - began)
+            return
+        log.info("the machine is %.0f%% busy (of one core); waiting for it to be quiet", busy)
+    log.warning("the machine did not become quiet in %.0f s; running anyway", limit)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="each scenario for ~10 s with few users (CI)")
@@ -489,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the API's rate limits on (off by default: every simulated team shares one "
                              "address and plays with no think time)")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark's database afterwards")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="first wait up to this long for the machine to be quiet (it is shared)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("urllib3", "celery", "kombu", "amqp"):
@@ -500,7 +518,10 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [s for s in (SMOKE if args.smoke else FULL)
                  if (not args.only or s.name in args.only) and s.name not in args.skip]
     assert all(s.fixture in SIZES for s in scenarios)
+    if args.wait_quiet:
+        wait_for_quiet(args.wait_quiet)
     bench = Bench(args, out)
+    rev = report.revision()
     results: list[dict[str, Any]] = []
     began = time.monotonic()
     error: str | None = None
@@ -523,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.stop()
     elapsed = time.monotonic() - began
     meta = report.machine(settings, bench.stack.env if bench.stack else {}, smoke=args.smoke, elapsed=elapsed,
-                          error=error, rate_limits=args.rate_limits, busy_before=bench.busy_before)
+                          error=error, rate_limits=args.rate_limits, busy_before=bench.busy_before, rev=rev)
     path = report.write(out, results, meta)
     log.info("report: %s (%.0f s)", path, elapsed)
     if elapsed > BUDGET_SECONDS and not args.only:

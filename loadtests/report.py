@@ -47,8 +47,14 @@ def _run(argv: list[str]) -> str:
         return ""
 
 
+def revision() -> dict[str, Any]:
+    """The commit under test and the tracked files that differ from it (taken when the run starts)."""
+    dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"])
+    return {"commit": _run(["git", "rev-parse", "HEAD"]), "dirty": [line[3:] for line in dirty.splitlines()]}
+
+
 def machine(settings: Any, env: dict[str, str], *, smoke: bool, elapsed: float, error: str | None,
-            rate_limits: bool, busy_before: float | None) -> dict[str, Any]:
+            rate_limits: bool, busy_before: float | None, rev: dict[str, Any]) -> dict[str, Any]:
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -57,10 +63,8 @@ def machine(settings: Any, env: dict[str, str], *, smoke: bool, elapsed: float, 
                 break
     except OSError:
         pass
-    dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"])
     return {
-        "commit": _run(["git", "rev-parse", "HEAD"]),
-        "dirty": [line[3:] for line in dirty.splitlines()],
+        **rev,
         "nproc": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "cpu_model": model or platform.processor(),
@@ -418,7 +422,26 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
     path = out / "REPORT.md"
     findings = out / "FINDINGS.md"
     if findings.exists():
+        # Written by a person after the run: the profiles and what they show.
         lines += ["", findings.read_text()]
     path.write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render REPORT.md and chart.png again from a run's results.json (after adding FINDINGS.md, say)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("run", type=Path, help="a results folder, e.g. loadtests/results/<timestamp>")
+    args = parser.parse_args(argv)
+    data = json.loads((args.run / "results.json").read_text())
+    print(write(args.run, data["results"], data["meta"]))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
