@@ -26,6 +26,7 @@ from models.migrate import upgrade
 from settings import Settings
 from tests.support import ADMIN_TOKEN, Api, Db, Listener, Stack, free_port, unique
 from workers.celery_app import create_celery
+from workers.jobs import WorkerContext
 from workers.routing import all_queues
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -171,6 +172,15 @@ def celery(settings: Settings) -> Iterator[Celery]:
     app = create_celery(settings)
     yield app
     app.close()
+
+
+@pytest.fixture
+def worker_context(settings: Settings) -> Iterator[WorkerContext]:
+    """A worker's context in this process, to run jobs beside (or race) the real workers."""
+    ctx = WorkerContext.create(settings)
+    yield ctx
+    ctx.engine.dispose()
+    ctx.live.redis.close()
 
 
 @pytest.fixture

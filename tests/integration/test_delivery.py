@@ -44,15 +44,6 @@ def broker(settings: Settings) -> Iterator[redis.Redis]:
     client.close()
 
 
-@pytest.fixture
-def worker_context(settings: Settings) -> Iterator[WorkerContext]:
-    """A worker's context in this process, to race the real workers."""
-    ctx = WorkerContext.create(settings)
-    yield ctx
-    ctx.engine.dispose()
-    ctx.live.redis.close()
-
-
 def _pending_task_ids(broker: redis.Redis, queue: str) -> set[str]:
     """Task ids still waiting on ``queue`` or taken but not yet acknowledged (kombu's Redis layout)."""
     waiting = [json.loads(raw) for raw in broker.lrange(queue, 0, -1)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,7 @@ from tests.support import (
     send,
     unique,
 )
+from workers.jobs import WorkerContext, run_job
 from workers.routing import board_queue
 
 Listen = Callable[..., Listener]
@@ -147,6 +149,54 @@ def test_each_change_is_announced_with_the_points_it_made(api: Api, db: Db, list
     public = spectator.wait_for(lambda events: len(changes(events)) >= 2 and changes(events),
                                 message="2 public changes")
     assert [(c["points"], c["delta"]) for c in public] == [(1100, 100), (1200, 100)]
+
+
+def test_an_event_numbered_first_is_not_delivered_last(api: Api, db: Db, listen: Listen, settings: Settings,
+                                                       worker_context: WorkerContext,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker numbers its events, then publishes them. If a public broadcast is numbered and
+    sent in between (here: another team's claim), a client gets a higher ``seq`` before lower
+    ones and, dropping "stale" events as the protocol invites, loses its own score and job."""
+    slug = api.create_competition()["slug"]
+    competition_id = db.competition(slug).id
+    api.add_questions(slug, questions(2))
+    alpha = api.register(slug, "Alpha")
+    bravo = api.register(slug, "Bravo")
+    ok_job(api.claim(slug, alpha.token, "Q1"))
+    own = listen(slug, token=alpha.token)
+    own.wait_event("leaderboard_update")
+    job_id = insert_job(db, competition_id=competition_id, kind="submit",
+                        queue=board_queue(settings, competition_id, "Q1"), token=alpha.token,
+                        payload={"questionId": "Q1", "answer": answer_of("Q1")}, team_id=alpha.id)
+
+    def meanwhile() -> None:
+        ok_job(api.claim(slug, bravo.token, "Q2"))
+        own.wait_event("question_claimed", lambda d: d["questionId"] == "Q2")
+
+    # The publisher's first Redis round trip updates the cache and reserves the job's numbers.
+    redis_client = worker_context.live.redis
+    make_pipeline = redis_client.pipeline
+    round_trips: list[int] = []
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = make_pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        def hooked(*a: Any, **k: Any) -> Any:
+            result = execute(*a, **k)
+            round_trips.append(1)
+            if len(round_trips) == 1:
+                meanwhile()
+            return result
+
+        pipe.execute = hooked
+        return pipe
+
+    monkeypatch.setattr(redis_client, "pipeline", pipeline)
+    assert run_job(worker_context, uuid.UUID(job_id)) == "succeeded"
+    own.wait_event("job_update", lambda d: d["jobId"] == job_id)
+    own.wait_event("score_update")
+    assert_envelopes(own, slug)
 
 
 def test_connections_that_are_refused(api: Api, listen: Listen, competition: dict[str, Any]) -> None:
