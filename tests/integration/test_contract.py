@@ -682,6 +682,36 @@ def test_every_route_is_in_the_openapi_document_with_examples(api: Api, settings
     assert missing_examples == []
 
 
+def test_every_write_documents_the_422_of_a_reused_idempotency_key(api: Api, competition: dict[str, Any]) -> None:
+    slug = competition["slug"]
+    api.add_questions(slug, questions(1))
+    team = api.register(slug)
+    key = str(uuid.uuid4())
+    expect(api.request("POST", comp(slug, "/claims"), token=team.token, json={"questionId": "Q1"},
+                       headers={"Idempotency-Key": key}), 202, 200)
+    # A body-less write can reuse a key too: this 422 is a possible answer of every write.
+    reused = api.request("DELETE", comp(slug, "/mystery-boxes/current"), token=team.token,
+                         headers={"Idempotency-Key": key})
+    assert "Idempotency-Key" in field_errors(problem(reused, 422))
+    spec = api.request("GET", "/openapi.json").json()
+    undocumented = [f"{method.upper()} {path}" for path, ops in spec["paths"].items() for method, op in ops.items()
+                    if any(p["name"] == "Idempotency-Key" for p in op["parameters"]) and "422" not in op["responses"]]
+    assert undocumented == []
+
+
+def test_bad_query_values_are_400_for_everyone(api: Api, competition: dict[str, Any]) -> None:
+    slug = competition["slug"]
+    team = api.register(slug)
+    for token in (None, team.token, api.admin_token):
+        for params in ({"kind": "riddle"}, {"difficulty": "easy"}, {"claimed": "perhaps"}, {"kind": ""}):
+            problem(api.request("GET", comp(slug, "/questions"), token=token, params=params), 400)
+    for path in ("/results", "/ledger", "/questions/export"):
+        for value in ("xml", ""):
+            problem(api.admin("GET", comp(slug, path), params={"format": value}), 400)
+    for value in ("last tuesday", ""):
+        problem(api.admin("GET", comp(slug, "/audit"), params={"since": value}), 400)
+
+
 def test_the_docs_page_serves_swagger_ui(api: Api) -> None:
     page = api.request("GET", "/docs")
     expect(page, 200)
