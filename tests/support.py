@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -508,6 +508,22 @@ class Db:
     def all(self, statement: Any) -> list[Any]:
         with self.sessions() as s:
             return list(s.execute(statement).all())
+
+    def lock_waiters(self) -> int:
+        """Sessions of the test database waiting for a lock right now."""
+        return int(self.scalar(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = :db AND wait_event_type = 'Lock'"
+        ).bindparams(db=self.engine.url.database)) or 0)
+
+    @contextlib.contextmanager
+    def row_locked(self, team_id: int) -> Iterator[None]:
+        """Hold a team row (FOR NO KEY UPDATE: workers' FOR UPDATE waits, the API's inserts do not)."""
+        with self.engine.connect() as conn, conn.begin() as transaction:
+            conn.execute(select(Team.id).where(Team.id == team_id).with_for_update(key_share=True))
+            try:
+                yield
+            finally:
+                transaction.rollback()
 
     def assert_ledger(self, competition_id: int) -> None:
         """Every team's points are its starting points plus the sum of its ledger."""

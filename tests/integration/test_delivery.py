@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from models.db import make_sessionmaker
 from models.live import Live
@@ -173,12 +173,6 @@ def test_sweeper_resends_a_job_whose_message_was_lost(api: Api, db: Db, settings
         live.redis.close()
 
 
-def _blocked_on_lock(db: Db, database: str) -> bool:
-    return bool(db.scalar(text(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = :db AND wait_event_type = 'Lock'"
-    ).bindparams(db=database)))
-
-
 def test_a_worker_killed_mid_job_loses_nothing(api: Api, db: Db, settings: Settings, stack: Stack,
                                                celery: Celery) -> None:
     slug = api.create_competition()["slug"]
@@ -191,21 +185,14 @@ def test_a_worker_killed_mid_job_loses_nothing(api: Api, db: Db, settings: Setti
     worker = stack.worker(queue)
 
     # The first team's row is locked here, so the worker blocks inside that team's claim:
-    # mid-job, transaction open, message taken but not acknowledged. (NO KEY UPDATE, so the
-    # API's job insert, which references the team, is not blocked.)
-    blocker = db.engine.connect()
-    lock = blocker.begin()
-    try:
-        blocker.execute(select(Team.id).where(Team.id == teams[0].id).with_for_update(key_share=True))
+    # mid-job, transaction open, message taken but not acknowledged.
+    with db.row_locked(teams[0].id):
         first = post_all(api, "POST", [(f"/api/v1/competitions/{slug}/claims", teams[0].token,
                                         {"questionId": codes[0]})])
-        wait_until(lambda: _blocked_on_lock(db, db.engine.url.database or ""), 30, message="the worker to block")
+        wait_until(lambda: db.lock_waiters() == 1, 30, message="the worker to block")
         rest = post_all(api, "POST", [(f"/api/v1/competitions/{slug}/claims", t.token, {"questionId": c})
                                       for t, c in zip(teams[1:], codes[1:], strict=True)])
         worker.kill()
-    finally:
-        lock.rollback()
-        blocker.close()
     job_ids = [b["jobId"] for b in first + rest]
     assert all(j.status == "queued" for j in db.jobs(job_ids).values())
 

@@ -5,10 +5,26 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from celery import Celery
 from sqlalchemy import func, select
 
 from models.tables import Claim, MysteryBox, Question, ScoreEvent, Team
-from tests.support import Api, Db, concurrently, expect, failed_with, questions, register_teams, unique
+from settings import Settings
+from tests.support import (
+    Api,
+    Db,
+    TeamHandle,
+    concurrently,
+    expect,
+    failed_with,
+    insert_job,
+    questions,
+    register_teams,
+    send,
+    unique,
+    wait_until,
+)
+from workers.routing import board_queue
 
 
 def _job_views(api: Api, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -144,3 +160,42 @@ def test_fifty_teams_buy_twenty_mystery_boxes(api: Api, db: Db, competition: dic
     assert sorted(events) == sorted((tid, -100, "mystery_box") for tid in buyers)
     db.assert_ledger(competition_id)
     assert db.scalar(select(func.count()).select_from(Claim).where(Claim.competition_id == competition_id)) == 0
+
+
+def test_two_workers_locking_two_teams_in_opposite_order(api: Api, db: Db, settings: Settings,
+                                                         celery: Celery) -> None:
+    """Board queue A takes jobs of teams X, Z, Y (in that order) in one batch, queue B jobs of
+    Y, X. Every job is valid, so each must succeed at its first attempt: no deadlock."""
+    slug = api.create_competition(maxOpenClaims=5)["slug"]
+    competition_id = db.competition(slug).id
+    bank = questions(100)
+    by_queue: dict[str, list[str]] = {}
+    for q in bank:
+        by_queue.setdefault(board_queue(settings, competition_id, q["questionId"]), []).append(q["questionId"])
+    (queue_a, codes_a), (queue_b, codes_b) = sorted(by_queue.items())[:2]
+    api.add_questions(slug, [q for q in bank if q["questionId"] in codes_a[:3] + codes_b[:2]])
+    x, y, z = register_teams(api, db, slug, ["X-ray", "Yankee", "Zulu"])
+
+    def claim_job(team: TeamHandle, queue: str, code: str) -> str:
+        return insert_job(db, competition_id=competition_id, kind="claim", queue=queue, token=team.token,
+                          payload={"questionId": code}, team_id=team.id)
+
+    with db.row_locked(z.id):
+        on_a = [claim_job(x, queue_a, codes_a[0]), claim_job(z, queue_a, codes_a[1]),
+                claim_job(y, queue_a, codes_a[2])]
+        on_b = [claim_job(y, queue_b, codes_b[0]), claim_job(x, queue_b, codes_b[1])]
+        for job_id in on_a:
+            send(celery, job_id, "claim", queue_a)
+        # Worker A holds X and waits for Z (locked here).
+        wait_until(lambda: db.lock_waiters() == 1, 30, message="worker A to wait for Zulu")
+        for job_id in on_b:
+            send(celery, job_id, "claim", queue_b)
+        # Worker B holds Y and waits for X.
+        wait_until(lambda: db.lock_waiters() == 2, 30, message="worker B to wait for X-ray")
+    rows = db.wait_jobs(on_a + on_b)
+
+    outcomes = {job_id: (rows[job_id].status, rows[job_id].attempts, rows[job_id].error) for job_id in rows}
+    retried = {job_id: outcome for job_id, outcome in outcomes.items() if outcome != ("succeeded", 1, None)}
+    assert not retried, f"(status, attempts, error) of jobs that did not succeed at once: {retried}"
+    claims = db.all(select(Claim.team_id).where(Claim.competition_id == competition_id))
+    assert Counter(c.team_id for c in claims) == Counter({x.id: 2, y.id: 2, z.id: 1})
