@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from settings import Settings
 from tests.support import (
     Api,
     Db,
+    Listener,
     Stack,
     TeamHandle,
     answer_of,
@@ -171,6 +172,32 @@ def test_sweeper_resends_a_job_whose_message_was_lost(api: Api, db: Db, settings
         assert job_id not in sent
     finally:
         live.redis.close()
+
+
+def test_sweeper_rebuilds_a_lost_leaderboard_cache(api: Api, db: Db, settings: Settings, celery: Celery,
+                                                   listen: Callable[..., Listener]) -> None:
+    slug = api.create_competition(maxOpenClaims=3)["slug"]
+    competition_id = db.competition(slug).id
+    api.add_questions(slug, questions(3, points=lambda i: 10 * i))
+    teams = [api.register(slug, name) for name in ("One", "Two", "Three")]
+    for team, code in zip(teams, ("Q1", "Q3", "Q2"), strict=True):
+        ok_job(api.claim(slug, team.token, code))
+        ok_job(api.submit(slug, team.token, code, answer_of(code)))
+    expected = db.standings(competition_id, 10)
+    assert [r["teamName"] for r in expected] == ["Two", "Three", "One"]
+    live = Live(settings)
+    try:
+        assert live.top(competition_id, 10) == expected
+        live.clear(competition_id)  # as after a Redis restart
+        assert live.top(competition_id, 10) == []
+        sweeper = Sweeper(settings, make_sessionmaker(db.engine), live, celery)
+        assert sweeper.refresh_leaderboards() >= 1
+        assert live.top(competition_id, 10) == expected
+        live.clear(competition_id)
+    finally:
+        live.redis.close()
+    # A spectator connecting to an empty cache gets the standings all the same.
+    assert listen(slug).wait_event("leaderboard_update")["leaderboard"] == expected
 
 
 def test_a_worker_killed_mid_job_loses_nothing(api: Api, db: Db, settings: Settings, stack: Stack,
