@@ -14,6 +14,12 @@ T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
 
 
+def read_raw(req: falcon.Request, max_bytes: int) -> bytes:
+    # A chunked body has no Content-Length; gunicorn's input stream still ends at its end.
+    stream = req.bounded_stream if req.content_length is not None else req.stream
+    return stream.read(max_bytes + 1)
+
+
 def read_body(req: falcon.Request, schema: type[T] | Any, max_bytes: int) -> T:
     content_type = (req.content_type or "").split(";", 1)[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
@@ -22,7 +28,7 @@ def read_body(req: falcon.Request, schema: type[T] | Any, max_bytes: int) -> T:
     if req.content_length is not None and req.content_length > max_bytes:
         raise Problem(falcon.HTTP_413, "payload-too-large", "Payload too large",
                       f"the body may be at most {max_bytes} bytes")
-    raw = req.bounded_stream.read(max_bytes + 1)
+    raw = read_raw(req, max_bytes)
     if len(raw) > max_bytes:
         raise Problem(falcon.HTTP_413, "payload-too-large", "Payload too large",
                       f"the body may be at most {max_bytes} bytes")
@@ -31,6 +37,11 @@ def read_body(req: falcon.Request, schema: type[T] | Any, max_bytes: int) -> T:
     try:
         return msgspec.json.decode(raw, type=schema)
     except msgspec.ValidationError as exc:
+        # A typed decode stops at the first wrong type, even in a body that is not JSON at all.
+        try:
+            msgspec.json.decode(raw)
+        except msgspec.DecodeError as malformed:
+            raise Problem(falcon.HTTP_400, "malformed-json", "Malformed JSON", str(malformed)) from None
         raise validation_problem(exc) from None
     except msgspec.DecodeError as exc:
         raise Problem(falcon.HTTP_400, "malformed-json", "Malformed JSON", str(exc)) from None

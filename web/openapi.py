@@ -376,7 +376,10 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     COMP + "/questions/import": {
         "post": _op("Bulk import from CSV or JSON: every row validated first, all or nothing", "organisers",
                     ADMIN, {201: ("Imported", ImportResult)}, body=list[s.NewQuestion], params=(SLUG,),
-                    body_media=("text/csv",)),
+                    body_media=("text/csv",),
+                    example=[{"questionId": "Q1", "question": "6 x 7?", "answer": "42", "points": 100},
+                             {"questionId": "M1", "question": "12 squared?", "answer": "144", "points": 0,
+                              "kind": "mystery", "difficulty": "EASY"}]),
     },
     COMP + "/questions/export": {
         "get": _op("Export the question bank", "organisers", ADMIN, {200: ("The bank", QuestionExportView)},
@@ -387,7 +390,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                    params=(SLUG, CODE)),
         "patch": _op("Edit a question (answer, points, kind fixed once claimed or answered)", "organisers",
                      ADMIN, {200: ("Updated", AdminQuestion)}, body=s.QuestionPatch, params=(SLUG, CODE),
-                     problems=(409,)),
+                     problems=(409,), example={"question": "What is 6 x 7?", "category": "maths"}),
         "delete": _op("Delete an unused question", "organisers", ADMIN, {204: ("Deleted", None)},
                       params=(SLUG, CODE), problems=(409,)),
     },
@@ -459,6 +462,8 @@ def build_spec() -> dict[str, Any]:
             statuses = {400, 404, 405, 503} | set(op["problems"])
             if op["body"] is not None:
                 statuses |= {413, 415, 422}
+            if IDEMPOTENCY in op["params"]:
+                statuses.add(422)
             if op["security"]:
                 statuses |= {401, 403}
             if method in ("post", "patch", "delete"):

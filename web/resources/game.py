@@ -215,17 +215,3 @@ def board_view(q: Question, claimed: bool) -> dict[str, Any]:
         "category": q.category,
         "claimed": claimed,
     }
-
-
-def list_board(session: Session, competition_id: int, limit: int, offset: int) -> list[dict[str, Any]]:
-    claimed = exists().where(Claim.question_id == Question.id)
-    rows = session.execute(
-        select(Question, claimed.label("claimed"))
-        .where(Question.competition_id == competition_id, Question.kind == "board")
-        .order_by(Question.id)
-        .limit(limit)
-        .offset(offset)
-    ).all()
-    return [board_view(r.Question, r.claimed) for r in rows]
-
-

@@ -18,7 +18,7 @@ from models.tables import AuditEntry, Claim, Competition, MysteryBox, Question, 
 from web.auth import require_admin, token_hash
 from web.deps import Deps
 from web.errors import Problem, invalid
-from web.media import read_body, write_json
+from web.media import read_body, read_raw, write_json
 from web.resources.common import accept_job, get_competition, next_cursor, page_params
 from web.resources.game import Teams
 from web.resources.organiser import audit, question_admin_view
@@ -70,7 +70,7 @@ def _csv_cell(value: Any) -> Any:
 
 
 def _format(req: falcon.Request) -> str:
-    fmt = (req.get_param("format") or "json").lower()
+    fmt = req.get_param("format", default="json")
     if fmt not in ("json", "csv"):
         raise invalid("format", "must be json or csv", falcon.HTTP_400)
     return fmt
@@ -261,7 +261,7 @@ class QuestionImport:
     def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         session, actor, competition = _admin(req, self.deps, slug)
         limit = self.deps.settings.max_body_bytes * 64
-        raw = req.bounded_stream.read(limit + 1)
+        raw = read_raw(req, limit)
         if len(raw) > limit:
             raise Problem(falcon.HTTP_413, "payload-too-large", "Payload too large",
                           f"an import may be at most {limit} bytes")
@@ -390,10 +390,10 @@ class AuditLog:
         limit, offset = page_params(req)
         query = select(AuditEntry).where(AuditEntry.competition_id == competition.id)
         action = req.get_param("action")
-        if action:
+        if action is not None:
             query = query.where(AuditEntry.action.startswith(action))
         since = req.get_param("since")
-        if since:
+        if since is not None:
             try:
                 query = query.where(AuditEntry.at >= datetime.fromisoformat(since.replace("Z", "+00:00")))
             except ValueError:

@@ -17,7 +17,7 @@ from web.deps import Deps
 from web.errors import Problem, invalid
 from web.media import read_body, write_json
 from web.resources.common import get_competition, next_cursor, page_params
-from web.resources.game import list_board
+from web.resources.game import board_view
 from web.schemas import CompetitionSettings, CreateCompetition, NewQuestion, NewQuestions, UpdateCompetition
 
 TRANSITIONS: dict[str, tuple[str, ...]] = {
@@ -170,6 +170,36 @@ class CompetitionItem:
         write_json(resp, after)
 
 
+def _choice(req: falcon.Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    value = req.get_param(name)
+    if value is None:
+        return None
+    if value not in allowed:
+        raise invalid(name, f"must be one of {', '.join(allowed)}", falcon.HTTP_400)
+    return value
+
+
+def question_filters(req: falcon.Request) -> list[Any]:
+    """The bank's filters (kind, difficulty, category, claimed), validated for every caller."""
+    filters: list[Any] = []
+    kind = _choice(req, "kind", ("board", "mystery"))
+    if kind is not None:
+        filters.append(Question.kind == kind)
+    difficulty = _choice(req, "difficulty", ("EASY", "MEDIUM", "HARD"))
+    if difficulty is not None:
+        filters.append(Question.difficulty == difficulty)
+    category = req.get_param("category")
+    if category is not None:
+        filters.append(Question.category == category)
+    claimed = _choice(req, "claimed", ("true", "false"))
+    if claimed is not None:
+        # For mystery questions "claimed" means held by a box or answered.
+        held = exists().where(Claim.question_id == Question.id) | exists().where(
+            MysteryBox.question_id == Question.id, MysteryBox.state != "forfeited")
+        filters.append(held if claimed == "true" else ~held)
+    return filters
+
+
 def question_admin_view(q: Question, claimed: bool | None = None) -> dict[str, Any]:
     view = {
         "questionId": q.code,
@@ -194,34 +224,17 @@ class Questions:
         session: Session = req.context.session
         competition = get_competition(session, slug)
         limit, offset = page_params(req)
-        token = bearer(req)
-        if is_admin(token, self.deps.settings.admin_token):
-            claimed = exists().where(Claim.question_id == Question.id) | exists().where(
-                MysteryBox.question_id == Question.id, MysteryBox.state != "forfeited")
-            query = select(Question, claimed.label("claimed")).where(Question.competition_id == competition.id)
-            kind = req.get_param("kind")
-            if kind:
-                if kind not in ("board", "mystery"):
-                    raise invalid("kind", "must be board or mystery", falcon.HTTP_400)
-                query = query.where(Question.kind == kind)
-            difficulty = req.get_param("difficulty")
-            if difficulty:
-                if difficulty not in ("EASY", "MEDIUM", "HARD"):
-                    raise invalid("difficulty", "must be EASY, MEDIUM or HARD", falcon.HTTP_400)
-                query = query.where(Question.difficulty == difficulty)
-            category = req.get_param("category")
-            if category:
-                query = query.where(Question.category == category)
-            taken = req.get_param_as_bool("claimed")
-            if taken is not None:
-                # For mystery questions "claimed" means held by a box or answered.
-                held = exists().where(Claim.question_id == Question.id) | exists().where(
-                    MysteryBox.question_id == Question.id, MysteryBox.state != "forfeited")
-                query = query.where(held if taken else ~held)
-            rows = session.execute(query.order_by(Question.id).limit(limit).offset(offset)).all()
-            items = [question_admin_view(r.Question, r.claimed) for r in rows]
-        else:
-            items = list_board(session, competition.id, limit, offset)
+        filters = question_filters(req)
+        held = exists().where(Claim.question_id == Question.id) | exists().where(
+            MysteryBox.question_id == Question.id, MysteryBox.state != "forfeited")
+        query = select(Question, held.label("claimed")).where(Question.competition_id == competition.id, *filters)
+        organiser = is_admin(bearer(req), self.deps.settings.admin_token)
+        if not organiser:
+            # The public board: board questions only, never their text or answers.
+            query = query.where(Question.kind == "board")
+        rows = session.execute(query.order_by(Question.id).limit(limit).offset(offset)).all()
+        view = question_admin_view if organiser else board_view
+        items = [view(r.Question, r.claimed) for r in rows]
         write_json(resp, {"items": items, "nextCursor": next_cursor(offset, limit, len(items))})
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
