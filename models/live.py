@@ -47,6 +47,13 @@ end
 return out
 """
 
+# KEYS: zset, hash. ARGV: team id. The 0-based rank, or nil for a hidden or unknown team.
+_RANK = """
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+if not cur then return nil end
+return redis.call('ZRANK', KEYS[1], cjson.decode(cur)['m'])
+"""
+
 # A sequence that survives a Redis restart: a fresh counter starts from the clock in
 # microseconds, which is above any value handed out before the restart.
 _SEQ = """
@@ -89,6 +96,7 @@ class Live:
         self._update = self.redis.register_script(_UPDATE)
         self._top = self.redis.register_script(_TOP)
         self._seq = self.redis.register_script(_SEQ)
+        self._rank = self.redis.register_script(_RANK)
 
     @property
     def changes_channel(self) -> str:
@@ -125,6 +133,10 @@ class Live:
             {"rank": i + 1, "teamName": _text(flat[2 * i]), "points": int(flat[2 * i + 1])}
             for i in range(len(flat) // 2)
         ]
+
+    def queue_rank(self, competition_id: int, team_id: int, pipe: Any) -> None:
+        """Queue a rank look-up on a pipeline; its result is the 0-based rank or None."""
+        self._rank(keys=self._keys(competition_id), args=[team_id], client=pipe)
 
     def has_board(self, competition_id: int) -> bool:
         return bool(self.redis.exists(self._keys(competition_id)[1]))

@@ -1,8 +1,8 @@
 """After-commit side effects of jobs: the leaderboard cache, Socket.IO events, waiters.
 
 Runs only after the worker's transaction has committed, so nothing announced here can be
-rolled back. A batch of jobs is announced with two Redis round trips: one to update the
-leaderboard cache and reserve sequence numbers, one pipeline of every publish. A failure
+rolled back. A whole batch of jobs is announced in three Redis round trips, whatever its size:
+the leaderboard cache, the sequence numbers, and one pipeline of every publish. A failure
 here loses no game state: the sweeper rebuilds the leaderboard cache from PostgreSQL, and
 clients can always read their jobs over REST.
 """
@@ -129,22 +129,31 @@ class Publisher:
             log.exception("notifying waiters failed")
 
     def _announce(self, announcements: list[Announcement], at: datetime) -> None:
+        # 1. The cache first, so any event numbered after a change describes a leaderboard that
+        #    already includes it; newcomers' ranks are read from it in the same round trip.
+        pipe = self.live.redis.pipeline(transaction=False)
+        for a in announcements:
+            if a.outbox.scores:
+                self.live.update(a.competition.id, [standing(c.team) for c in a.outbox.scores], pipe)
+        unranked = [(a, c) for a in announcements for c in a.outbox.scores
+                    if c.rank is None and not c.team.disqualified]
+        for a, change in unranked:
+            self.live.queue_rank(a.competition.id, change.team.id, pipe)
+        results = pipe.execute()
+        for (_, change), rank in zip(unranked, results[len(results) - len(unranked):], strict=True):
+            change.rank = None if rank is None else int(rank) + 1
+
+        # 2. Number the events, one block per competition.
         per_job = [(a, _events(a, at)) for a in announcements]
         wanted: Counter[int] = Counter()
         for a, events in per_job:
             wanted[a.competition.id] += len(events)
-        # The cache is updated before sequence numbers are taken, so any event numbered after
-        # a change describes a leaderboard that already includes it.
         pipe = self.live.redis.pipeline(transaction=False)
-        for a, _ in per_job:
-            if a.outbox.scores:
-                self.live.update(a.competition.id, [standing(c.team) for c in a.outbox.scores], pipe)
         for competition_id, count in wanted.items():
             self.live.reserve_seq(competition_id, count, pipe)
-        results = pipe.execute()
-        last = results[-len(wanted):]
-        next_seq = {cid: int(end) - wanted[cid] + 1 for cid, end in zip(wanted, last, strict=True)}
+        next_seq = {cid: int(end) - wanted[cid] + 1 for cid, end in zip(wanted, pipe.execute(), strict=True)}
 
+        # 3. Publish everything in one pipeline.
         stamp = iso(at)
         self.sio.buffer = []
         changes: list[str] = []

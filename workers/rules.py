@@ -143,7 +143,9 @@ def register(session: Session, competition: Competition, job: Job, outbox: Outbo
     if team is None:
         raise GameError("team_name_taken", f"a team called {name!r} is already registered")
     deadline = team.deadline
-    outbox.scores.append(ScoreChange(team=team, delta=0, reason="registered", rank=rank_of(session, team)))
+    # A count in PostgreSQL is O(teams) per registration; the rank of a newcomer is read from the
+    # leaderboard cache when it is announced instead.
+    outbox.scores.append(ScoreChange(team=team, delta=0, reason="registered", rank=None))
     return {
         "teamId": team.id,
         "teamName": team.name,
