@@ -173,19 +173,22 @@ def test_an_event_numbered_first_is_not_delivered_last(api: Api, db: Db, listen:
         ok_job(api.claim(slug, bravo.token, "Q2"))
         own.wait_event("question_claimed", lambda d: d["questionId"] == "Q2")
 
-    # The publisher's first Redis round trip updates the cache and reserves the job's numbers.
+    # Run ``meanwhile`` right after the Redis round trip in which the publisher reserves the
+    # job's sequence numbers (the competition's counter moves), before it publishes anything.
     redis_client = worker_context.live.redis
+    counter = f"{settings.redis_prefix}:seq:{competition_id}"
     make_pipeline = redis_client.pipeline
-    round_trips: list[int] = []
+    fired: list[bool] = []
 
     def pipeline(*args: Any, **kwargs: Any) -> Any:
         pipe = make_pipeline(*args, **kwargs)
         execute = pipe.execute
 
         def hooked(*a: Any, **k: Any) -> Any:
+            before = redis_client.get(counter)
             result = execute(*a, **k)
-            round_trips.append(1)
-            if len(round_trips) == 1:
+            if not fired and redis_client.get(counter) != before:
+                fired.append(True)
                 meanwhile()
             return result
 
@@ -194,6 +197,7 @@ def test_an_event_numbered_first_is_not_delivered_last(api: Api, db: Db, listen:
 
     monkeypatch.setattr(redis_client, "pipeline", pipeline)
     assert run_job(worker_context, uuid.UUID(job_id)) == "succeeded"
+    assert fired
     own.wait_event("job_update", lambda d: d["jobId"] == job_id)
     own.wait_event("score_update")
     assert_envelopes(own, slug)
