@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -131,7 +132,7 @@ def settings(test_env: dict[str, str]) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def stack(test_env: dict[str, str], settings: Settings) -> Iterator[Stack]:
+def stack(request: pytest.FixtureRequest, test_env: dict[str, str], settings: Settings) -> Iterator[Stack]:
     """The API, one Celery worker per queue and the realtime server, as real subprocesses."""
     global _stack
     log_dir = Path(tempfile.mkdtemp(prefix="quiz-test-logs-"))
@@ -151,7 +152,10 @@ def stack(test_env: dict[str, str], settings: Settings) -> Iterator[Stack]:
     finally:
         stack.stop_all()
         _stack = None
-        print(f"\nstack logs: {log_dir}")
+        if request.session.testsfailed:
+            print(f"\nstack logs: {log_dir}")
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
