@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -483,7 +484,11 @@ class Db:
                 return rows
             return None
 
-        return wait_until(done, timeout, interval=0.1, message=f"{len(ids)} job(s) to finish")
+        try:
+            return wait_until(done, timeout, interval=0.1, message=f"{len(ids)} job(s) to finish")
+        except AssertionError as timeout_error:
+            statuses = Counter(j.status for j in self.jobs(ids).values())
+            raise AssertionError(f"{timeout_error}; their statuses: {dict(statuses)}") from None
 
     def teams(self, competition_id: int) -> list[Team]:
         with self.sessions() as s:
