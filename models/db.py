@@ -14,7 +14,9 @@ def make_engine(settings: Settings, pool_size: int | None = None) -> Engine:
         settings.database_url,
         pool_size=size,
         max_overflow=size,
-        pool_pre_ping=True,
+        # No ping per checkout: a dropped connection fails one query, is invalidated with the
+        # pool, and the API answers that request with a 503.
+        pool_pre_ping=False,
         pool_recycle=1800,
         pool_timeout=5,
     )
@@ -23,3 +25,11 @@ def make_engine(settings: Settings, pool_size: int | None = None) -> Engine:
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     # expire_on_commit=False: responders serialise objects after the commit.
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def make_autocommit_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions whose every statement commits on its own: one round trip, no BEGIN/COMMIT.
+
+    For the API's hot path, where each statement stands alone (a lookup, one INSERT).
+    """
+    return sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)

@@ -10,7 +10,7 @@ from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.db import make_engine, make_sessionmaker
+from models.db import make_autocommit_sessionmaker, make_engine, make_sessionmaker
 from models.live import Live
 from settings import Settings
 from web.waiter import JobWaiter
@@ -22,6 +22,7 @@ class Deps:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
+    autocommit: sessionmaker[Session]
     redis: redis.Redis
     live: Live
     celery: Celery
@@ -38,6 +39,7 @@ class Deps:
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
+            autocommit=make_autocommit_sessionmaker(engine),
             redis=client,
             live=live,
             celery=create_celery(settings),

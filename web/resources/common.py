@@ -64,9 +64,14 @@ def accept_job(
     owner_hash: bytes,
     team_id: int | None,
     extra: dict[str, Any] | None = None,
+    session: Session | None = None,
 ) -> None:
-    """Record the job, commit, enqueue, and answer 202 (or 200 if ``Prefer: wait`` was met)."""
-    session: Session = req.context.session
+    """Record the job, commit, enqueue, and answer 202 (or 200 if ``Prefer: wait`` was met).
+
+    ``session`` defaults to the request's; team writes pass an autocommit session, as the job
+    row is the only thing they write.
+    """
+    session = session or req.context.session
     key = idempotency_key(req)
     wait = prefer_wait(req, deps.settings.max_wait_seconds)
     job_id = uuid.uuid4()

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from models.live import FrozenBoards, iso, utcnow
 from models.ranking import frozen_board, is_frozen, leaderboard, rank_of
-from models.tables import Claim, Job, MysteryBox, Question, Submission, Team
+from models.tables import Claim, Competition, Job, MysteryBox, Question, Submission, Team
 from web.auth import bearer, competition_and_team, is_admin, new_token, registration_token, token_hash
 from web.deps import Deps
 from web.errors import Problem, invalid
@@ -36,7 +36,11 @@ class Teams:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         body = read_body(req, RegisterTeam, self.deps.settings.max_body_bytes)
-        session: Session = req.context.session
+        with self.deps.autocommit() as session:
+            self._register(req, resp, session, slug, body)
+
+    def _register(self, req: falcon.Request, resp: falcon.Response, session: Session, slug: str,
+                  body: RegisterTeam) -> None:
         competition = get_competition(session, slug)
         key = idempotency_key(req)
         # With an Idempotency-Key the token is derived from it, so a retried registration maps
@@ -48,7 +52,8 @@ class Teams:
             "email": body.email,
         }
         accept_job(req, resp, self.deps, competition=competition, kind="register", queue=REGISTRATIONS,
-                   payload=payload, owner_hash=token_hash(token), team_id=None, extra={"teamToken": token})
+                   payload=payload, owner_hash=token_hash(token), team_id=None, extra={"teamToken": token},
+                   session=session)
 
 
 class TeamMe:
@@ -97,61 +102,89 @@ class TeamMe:
         })
 
 
-class Claims:
+class TeamWrite:
+    """A team's write: authenticate, validate, record the job and enqueue it.
+
+    The hot path of a live round, so it runs on an autocommit session: two statements (the
+    competition and team lookup, the job INSERT), each one round trip, no BEGIN or COMMIT.
+    """
+
+    kind: str
+    schema: type | None = None
+
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    def queue(self, competition: Competition, body: Any) -> str:
+        return mystery_queue(self.deps.settings, competition.id)
+
+    def payload(self, body: Any) -> dict[str, Any]:
+        return {}
+
+    def check(self, team: Team) -> None:
+        """Refusals that need the team but no job."""
+
+    def write(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        with self.deps.autocommit() as session:
+            competition, team = competition_and_team(req, session, slug)
+            body = read_body(req, self.schema, self.deps.settings.max_body_bytes) if self.schema else None
+            self.check(team)
+            accept_job(req, resp, self.deps, competition=competition, kind=self.kind,
+                       queue=self.queue(competition, body), payload=self.payload(body),
+                       owner_hash=team.token_hash, team_id=team.id, session=session)
+
+
+class Claims(TeamWrite):
+    kind = "claim"
+    schema = ClaimQuestion
+
+    def queue(self, competition: Competition, body: ClaimQuestion) -> str:
+        return board_queue(self.deps.settings, competition.id, body.question_id)
+
+    def payload(self, body: ClaimQuestion) -> dict[str, Any]:
+        return {"questionId": body.question_id}
+
     def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
-        session: Session = req.context.session
-        competition, team = competition_and_team(req, session, slug)
-        body = read_body(req, ClaimQuestion, self.deps.settings.max_body_bytes)
-        accept_job(req, resp, self.deps, competition=competition, kind="claim",
-                   queue=board_queue(self.deps.settings, competition.id, body.question_id),
-                   payload={"questionId": body.question_id}, owner_hash=team.token_hash, team_id=team.id)
+        self.write(req, resp, slug)
 
 
-class Submissions:
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
+class Submissions(TeamWrite):
+    kind = "submit"
+    schema = SubmitAnswer
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
-        session: Session = req.context.session
-        competition, team = competition_and_team(req, session, slug)
-        body = read_body(req, SubmitAnswer, self.deps.settings.max_body_bytes)
+    def queue(self, competition: Competition, body: SubmitAnswer) -> str:
+        return board_queue(self.deps.settings, competition.id, body.question_id)
+
+    def payload(self, body: SubmitAnswer) -> dict[str, Any]:
+        return {"questionId": body.question_id, "answer": body.answer}
+
+    def check(self, team: Team) -> None:
         limit = self.deps.settings.wrong_answer_limit
         if limit:
             wrong, reset = self.deps.live.wrong_answers(team.id)
             if wrong >= limit:
                 raise too_many(reset, f"more than {limit} wrong answers this minute; wait before answering again")
-        accept_job(req, resp, self.deps, competition=competition, kind="submit",
-                   queue=board_queue(self.deps.settings, competition.id, body.question_id),
-                   payload={"questionId": body.question_id, "answer": body.answer},
-                   owner_hash=team.token_hash, team_id=team.id)
-
-
-class MysteryBoxes:
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
-        session: Session = req.context.session
-        competition, team = competition_and_team(req, session, slug)
-        body = read_body(req, BuyMysteryBox, self.deps.settings.max_body_bytes)
-        accept_job(req, resp, self.deps, competition=competition, kind="mystery_buy",
-                   queue=mystery_queue(self.deps.settings, competition.id),
-                   payload={"difficulty": body.difficulty}, owner_hash=team.token_hash, team_id=team.id)
+        self.write(req, resp, slug)
 
 
-class CurrentMysteryBox:
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
+class MysteryBoxes(TeamWrite):
+    kind = "mystery_buy"
+    schema = BuyMysteryBox
+
+    def payload(self, body: BuyMysteryBox) -> dict[str, Any]:
+        return {"difficulty": body.difficulty}
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
+        self.write(req, resp, slug)
+
+
+class CurrentMysteryBox(TeamWrite):
+    kind = "mystery_forfeit"
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
-        session: Session = req.context.session
-        competition, team = competition_and_team(req, session, slug)
-        accept_job(req, resp, self.deps, competition=competition, kind="mystery_forfeit",
-                   queue=mystery_queue(self.deps.settings, competition.id),
-                   payload={}, owner_hash=team.token_hash, team_id=team.id)
+        self.write(req, resp, slug)
 
 
 class JobItem:
