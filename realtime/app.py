@@ -103,6 +103,8 @@ class _Pending:
     seq: int = 0
     at: str = ""
     last_emit: float = float("-inf")
+    # How long the last broadcast took to hand to every local client.
+    cost: float = 0.0
     timer: bool = False
 
 
@@ -112,7 +114,13 @@ class Coalescer:
     The first change after a quiet spell goes out at once; later ones are merged, and the
     trailing broadcast reads the leaderboard fresh, so the last one always shows the final
     standings. Each realtime process does this for its own clients (``ignore_queue``).
+
+    The spacing grows with the audience: a broadcast to thousands of clients takes a large
+    part of a second, so the next one waits at least ``LOAD_FACTOR`` times as long, which keeps
+    broadcasting under a third of the process and leaves room for connects and private events.
     """
+
+    LOAD_FACTOR = 3.0
 
     def __init__(self, sio: socketio.Server, live: Live, directory: Directory, runtime: Runtime,
                  interval: float) -> None:
@@ -155,7 +163,7 @@ class Coalescer:
             state.seq, state.at = message["seq"], message["at"]
         if state.timer:
             return
-        wait = state.last_emit + self.interval - time.monotonic()
+        wait = state.last_emit + max(self.interval, self.LOAD_FACTOR * state.cost) - time.monotonic()
         if wait <= 0:
             self.flush(state)
         else:
@@ -172,7 +180,14 @@ class Coalescer:
             return
         changes, state.changes = state.changes, []
         claims, state.claims = state.claims, []
-        state.last_emit = time.monotonic()
+        state.last_emit = started = time.monotonic()
+        try:
+            self._broadcast(state, changes, claims, force)
+        finally:
+            state.cost = time.monotonic() - started
+
+    def _broadcast(self, state: _Pending, changes: list[dict[str, Any]], claims: list[dict[str, Any]],
+                   force: bool) -> None:
         info = state.info
         at = state.at or iso(utcnow())
         everyone = [competition_room(info.slug), organisers_room(info.slug)]
