@@ -62,6 +62,19 @@ return redis.call('INCRBY', KEYS[1], ARGV[2])
 """
 
 
+def redis_client(url: str, max_connections: int = 64) -> redis.Redis:
+    """A client whose pool makes callers wait for a free connection rather than fail.
+
+    Thousands of greenlets (realtime) or dozens of threads (API) can want Redis at once; a
+    plain pool raises "Too many connections" past its limit, a blocking one queues them.
+    """
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=10, socket_timeout=5, socket_connect_timeout=5,
+        health_check_interval=30,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
 @dataclass(frozen=True)
 class Standing:
     team_id: int
@@ -90,9 +103,7 @@ class Live:
 
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self.prefix = settings.redis_prefix
-        self.redis = client or redis.Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
-        )
+        self.redis = client or redis_client(settings.redis_url)
         self._update = self.redis.register_script(_UPDATE)
         self._top = self.redis.register_script(_TOP)
         self._seq = self.redis.register_script(_SEQ)

@@ -229,7 +229,8 @@ class Coalescer:
 def create_realtime(settings: Settings, runtime: Runtime) -> Any:
     """Build the Socket.IO server and return the WSGI app that serves it."""
     live = Live(settings)
-    engine = make_engine(settings, pool_size=4)
+    # tpool runs up to 20 look-ups at once during a connect storm.
+    engine = make_engine(settings, pool_size=10)
     directory = Directory(make_sessionmaker(engine), runtime)
     manager = socketio.RedisManager(settings.redis_url, channel=live.socketio_channel)
     sio = socketio.Server(

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import make_autocommit_sessionmaker, make_engine, make_sessionmaker
-from models.live import Live
+from models.live import Live, redis_client
 from settings import Settings
 from web.waiter import JobWaiter
 from workers.celery_app import create_celery
@@ -32,8 +32,7 @@ class Deps:
     @classmethod
     def create(cls, settings: Settings) -> Deps:
         engine = make_engine(settings)
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
-                                      health_check_interval=30)
+        client = redis_client(settings.redis_url)
         live = Live(settings, client)
         return cls(
             settings=settings,
