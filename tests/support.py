@@ -145,6 +145,7 @@ class Stack:
     env: dict[str, str]
     log_dir: Path
     processes: dict[str, Process] = field(default_factory=dict)
+    retired: list[Process] = field(default_factory=list)  # stopped on purpose; their logs still count
 
     @property
     def api_url(self) -> str:
@@ -154,10 +155,10 @@ class Stack:
     def realtime_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.realtime_port}"
 
-    def add(self, name: str, command: list[str]) -> Process:
+    def add(self, name: str, command: list[str], **env: str) -> Process:
         process = Process(name, command, self.log_dir / f"{name}.log")
         self.processes[name] = process
-        process.start(self.env)
+        process.start({**self.env, **env})
         return process
 
     def start_api(self) -> None:
@@ -168,6 +169,20 @@ class Stack:
 
     def start_realtime(self) -> None:
         self.add("realtime", [sys.executable, "-m", "realtime"])
+
+    @contextlib.contextmanager
+    def extra_realtime(self, name: str) -> Iterator[str]:
+        """One more realtime server on the same Redis and database, for a test that may break it;
+        yields its URL and stops it afterwards."""
+        port = free_port(exclude=[self.settings.api_port, self.settings.realtime_port])
+        process = self.add(name, [sys.executable, "-m", "realtime"], REALTIME_PORT=str(port))
+        url = f"http://127.0.0.1:{port}"
+        try:
+            self.wait_http(url + "/healthz")
+            yield url
+        finally:
+            process.stop()
+            self.retired.append(self.processes.pop(name))
 
     def worker_name(self, queue: str) -> str:
         return f"{queue}-test@{socket.gethostname()}"
@@ -226,12 +241,13 @@ class Stack:
             process.stop()
 
     def log_sizes(self) -> dict[str, int]:
-        return {name: p.log_size() for name, p in self.processes.items()}
+        return {p.name: p.log_size() for p in [*self.retired, *self.processes.values()]}
 
     def tails(self, since: dict[str, int], lines: int = 30) -> list[tuple[str, str]]:
         """What each process logged after ``since`` (from ``log_sizes``), if anything."""
         out = []
-        for name, process in self.processes.items():
+        for process in {p.name: p for p in [*self.retired, *self.processes.values()]}.values():
+            name = process.name
             text = process.tail(lines, since.get(name, 0))
             if text.strip():
                 out.append((name, text))

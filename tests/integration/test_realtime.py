@@ -12,6 +12,7 @@ import socketio
 from celery import Celery
 from sqlalchemy import select
 
+from models.live import Live
 from models.tables import ScoreEvent
 from settings import Settings
 from tests.support import (
@@ -19,7 +20,9 @@ from tests.support import (
     Api,
     Db,
     Listener,
+    Stack,
     answer_of,
+    concurrently,
     expect,
     in_parallel,
     insert_job,
@@ -306,3 +309,29 @@ def test_a_burst_reaches_spectators_coalesced(api: Api, db: Db, listen: Listen) 
     assert final == {t.name: 1000 + per_team * 10 * (i % 5 + 1) for i, t in enumerate(teams)}
     assert [row["points"] for row in expected] == [1500] * 10 + [1400] * 10
     assert len(updates) <= 40, f"{len(updates)} broadcasts for {total} changes"
+
+
+def test_spectators_arriving_together_on_an_empty_cache_get_the_standings(
+        api: Api, db: Db, settings: Settings, stack: Stack) -> None:
+    """After a Redis restart the leaderboard cache is empty; the first connections rebuild it
+    from PostgreSQL. Ten spectators (a room of screens reconnecting) arrive at once, three times.
+    A realtime server of its own, since a failure here can leave the server unable to serve."""
+    slug = api.create_competition()["slug"]
+    competition_id = db.competition(slug).id
+    for name in ("Ada", "Brian", "Cleo"):
+        api.register(slug, name)
+    expected = db.standings(competition_id, 10)
+    live = Live(settings)
+    spectators: list[Listener] = []
+    try:
+        with stack.extra_realtime("realtime-reconnects") as url:
+            for _ in range(3):
+                live.clear(competition_id)
+                batch = [Listener(url, {"competition": slug}) for _ in range(10)]
+                spectators += batch
+                concurrently([s.connect for s in batch])
+                assert [s.wait_event("leaderboard_update")["leaderboard"] for s in batch] == [expected] * 10
+    finally:
+        for spectator in spectators:
+            spectator.close()
+        live.redis.close()
