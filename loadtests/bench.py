@@ -100,6 +100,7 @@ class Bench:
         self.stack: Stack | None = None
         self.services: Services | None = None
         self.busy_before: float | None = None
+        self.postgres: dict[str, int] = {}
         self.engine = None
 
     # -- the stack ---------------------------------------------------------------------
@@ -121,6 +122,13 @@ class Bench:
         self.sampler.start()
         stack.wait_ready()
         self.engine = create_engine(stack.settings().database_url, pool_size=2)
+        with self.engine.connect() as conn:
+            self.postgres = {
+                "max_connections": int(conn.execute(text("SHOW max_connections")).scalar_one()),
+                "others_connections": conn.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname IS DISTINCT FROM current_database() "
+                    "AND backend_type = 'client backend'")).scalar_one(),
+            }
         log.info("stack ready: API %s, realtime %s", stack.api, stack.realtime(0))
         return stack
 
@@ -156,6 +164,7 @@ class Bench:
             if extra:
                 stack.wait_ready()
             for index, clients in enumerate(sc.spectators):
+                (self.raw / f"{sc.name}-spectators-{index}.ready").unlink(missing_ok=True)
                 proc = stack.spawn(f"{sc.name}-spectators-{index}", "spectators",
                                    _spectator_argv(stack, sc, fixture, index, clients, self.raw))
                 spectators.append(proc)
@@ -549,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.stop()
     elapsed = time.monotonic() - began
     meta = report.machine(settings, bench.stack.env if bench.stack else {}, smoke=args.smoke, elapsed=elapsed,
-                          error=error, rate_limits=args.rate_limits, busy_before=bench.busy_before, rev=rev)
+                          error=error, rate_limits=args.rate_limits, busy_before=bench.busy_before, rev=rev,
+                          postgres=bench.postgres)
     path = report.write(out, results, meta)
     log.info("report: %s (%.0f s)", path, elapsed)
     if elapsed > BUDGET_SECONDS and not args.only:

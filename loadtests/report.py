@@ -54,7 +54,8 @@ def revision() -> dict[str, Any]:
 
 
 def machine(settings: Any, env: dict[str, str], *, smoke: bool, elapsed: float, error: str | None,
-            rate_limits: bool, busy_before: float | None, rev: dict[str, Any]) -> dict[str, Any]:
+            rate_limits: bool, busy_before: float | None, rev: dict[str, Any],
+            postgres: dict[str, int] | None = None) -> dict[str, Any]:
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -75,6 +76,7 @@ def machine(settings: Any, env: dict[str, str], *, smoke: bool, elapsed: float, 
         "error": error,
         "rate_limits": rate_limits,
         "busy_before": busy_before,
+        "postgres_connections": postgres or {},
         "settings": {
             "api_workers": getattr(settings, "api_workers", None),
             "api_threads": getattr(settings, "api_threads", None),
@@ -283,6 +285,11 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
         add(f"- the machine was {meta['busy_before']:.0f}% busy (of one core) just before the stack started; "
             "the CPU column's *other* is what ran beside the benchmark during each scenario (other people's work "
             "on this shared machine, the kernel). Redis is one server shared with them.")
+    pg = meta.get("postgres_connections") or {}
+    if pg:
+        add(f"- PostgreSQL max_connections {pg['max_connections']}, of which {pg['others_connections']} were held by "
+            "other people's databases when the stack started; the stack may open up to about 70 (gunicorn 2 x "
+            "(10 + 10 overflow), 6 consumers, realtime, sweeper), so `too many clients` 503s are possible here")
     add(f"- whole run: {meta['elapsed']} s" + (f"; **run error: {meta['error']}**" if meta["error"] else ""))
     add("")
     add("Latencies are p50 / p95 / p99 in ms. *HTTP accept*: the round trip of a write answered 202. "

