@@ -6,6 +6,7 @@ down; no other module touches ``os.environ``.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -39,14 +40,17 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError as exc:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
+    if not math.isfinite(value) or value < minimum:
+        raise SettingsError(f"{name} must be a finite number >= {minimum}, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,7 @@ class Settings:
             broadcast_interval=_float(env, "BROADCAST_INTERVAL", cls.broadcast_interval),
             leaderboard_size=_int(env, "LEADERBOARD_SIZE", cls.leaderboard_size, minimum=1),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
-            sweep_interval=_float(env, "SWEEP_INTERVAL", cls.sweep_interval),
+            sweep_interval=_float(env, "SWEEP_INTERVAL", cls.sweep_interval, minimum=0.1),
             sweep_after=_float(env, "SWEEP_AFTER", cls.sweep_after),
             cors_origins=origins,
             redis_prefix=env.get("REDIS_PREFIX", cls.redis_prefix),

@@ -1,4 +1,4 @@
-"""Live state shared through Redis: the leaderboard cache, event sequence numbers, channels.
+"""Live state shared through Redis: the leaderboard cache, counters and channels.
 
 PostgreSQL stays the source of truth. Workers update this cache after they commit, and the
 realtime servers read it; every write is guarded by the team row's version so updates that
@@ -54,12 +54,6 @@ if not cur then return nil end
 return redis.call('ZRANK', KEYS[1], cjson.decode(cur)['m'])
 """
 
-# A sequence that survives a Redis restart: a fresh counter starts from the clock in
-# microseconds, which is above any value handed out before the restart.
-_SEQ = """
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1]) end
-return redis.call('INCRBY', KEYS[1], ARGV[2])
-"""
 
 
 def redis_client(url: str, max_connections: int = 64) -> redis.Redis:
@@ -91,7 +85,8 @@ def _member(standing: Standing) -> str:
 
 
 def iso(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    # Always with microseconds, so timestamps of one format also compare as strings.
+    return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def utcnow() -> datetime:
@@ -106,7 +101,6 @@ class Live:
         self.redis = client or redis_client(settings.redis_url)
         self._update = self.redis.register_script(_UPDATE)
         self._top = self.redis.register_script(_TOP)
-        self._seq = self.redis.register_script(_SEQ)
         self._rank = self.redis.register_script(_RANK)
 
     @property
@@ -154,17 +148,6 @@ class Live:
 
     def clear(self, competition_id: int) -> None:
         self.redis.delete(*self._keys(competition_id))
-
-    def reserve_seq(self, competition_id: int, count: int, pipe: Any) -> None:
-        """Queue a reservation of ``count`` numbers on a pipeline; its result is the last one."""
-        self._seq(keys=[f"{self.prefix}:seq:{competition_id}"], args=[int(time.time() * 1_000_000), count],
-                  client=pipe)
-
-    def next_seq(self, competition_id: int, count: int = 1) -> int:
-        """Reserve ``count`` sequence numbers; returns the first. Every event gets its own."""
-        last = int(self._seq(keys=[f"{self.prefix}:seq:{competition_id}"],
-                             args=[int(time.time() * 1_000_000), count]))
-        return last - count + 1
 
     def _wrong_key(self, team_id: int) -> str:
         return f"{self.prefix}:wrong:{team_id}:{int(time.time() // 60)}"

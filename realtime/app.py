@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import make_engine, make_sessionmaker
-from models.live import FrozenBoards, Live, competition_room, iso, organisers_room, team_room, utcnow
+from models.live import FrozenBoards, Live, Standing, competition_room, iso, organisers_room, team_room, utcnow
 from models.ranking import all_standings, frozen_board, is_frozen
 from models.tables import Competition, Job, Team
 from realtime.server import Runtime
@@ -37,20 +38,25 @@ class CompetitionInfo:
 
 
 class Directory:
-    """Database look-ups for connecting clients, run off the event loop and cached briefly."""
+    """Database look-ups for connecting clients (cached briefly).
+
+    They run on the event loop itself: each is one indexed query of a millisecond or so, and
+    SQLAlchemy's pool guards itself with locks that eventlet and gevent make green, which must
+    never be taken from a real OS thread (a thread pool here hangs under a connect storm).
+    """
 
     TTL = 30.0
 
-    def __init__(self, sessions: sessionmaker[Session], runtime: Runtime) -> None:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
-        self.runtime = runtime
         self._competitions: dict[str, tuple[float, CompetitionInfo | None]] = {}
+        self._rebuilding: dict[int, threading.Lock] = {}
 
     def competition(self, slug: str) -> CompetitionInfo | None:
         cached = self._competitions.get(slug)
         if cached and time.monotonic() - cached[0] < self.TTL:
             return cached[1]
-        info = self.runtime.blocking(self._load_competition, slug)
+        info = self._load_competition(slug)
         self._competitions[slug] = (time.monotonic(), info)
         return info
 
@@ -70,11 +76,11 @@ class Directory:
             with self.sessions() as session:
                 return frozen_board(session, boards, info.id, freeze_at, utcnow())
 
-        return self.runtime.blocking(load)[: info.leaderboard_size]
+        return load()[: info.leaderboard_size]
 
     def token_known(self, competition_id: int, digest: bytes) -> bool:
         """A team token, or the token of a registration still in the queue."""
-        return self.runtime.blocking(self._token_known, competition_id, digest)
+        return self._token_known(competition_id, digest)
 
     def _token_known(self, competition_id: int, digest: bytes) -> bool:
         with self.sessions() as session:
@@ -87,12 +93,51 @@ class Directory:
             )
             return pending is not None
 
-    def rebuild_board(self, competition_id: int, live: Live) -> None:
-        def rebuild() -> None:
-            with self.sessions() as session:
-                live.update(competition_id, all_standings(session, competition_id))
+    def ensure_board(self, competition_id: int, live: Live) -> None:
+        """Rebuild an empty leaderboard cache (after a Redis restart) once, however many
+        clients arrive at the same moment."""
+        if live.has_board(competition_id):
+            return
+        # threading.Lock is the green lock under eventlet or gevent (patched at start-up).
+        with self._rebuilding.setdefault(competition_id, threading.Lock()):
+            if live.has_board(competition_id):
+                return
 
-        self.runtime.blocking(rebuild)
+            def read() -> list[Standing]:
+                with self.sessions() as session:
+                    return all_standings(session, competition_id)
+
+            live.update(competition_id, read())
+
+
+class Sequence:
+    """This process's event numbers: increasing in the order it hands events to clients.
+
+    Numbered on delivery, not at the source, because events reach a client by two paths
+    (workers' events through Redis, broadcasts made here); seeded from the clock so a client
+    that reconnects to this or another process after a restart still sees larger numbers.
+    """
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def next(self) -> int:
+        self.last = max(self.last + 1, time.time_ns() // 1000)
+        return self.last
+
+
+class NumberingRedisManager(socketio.RedisManager):
+    """Stamps ``seq`` on every event that arrives from other processes as it is delivered."""
+
+    def __init__(self, url: str, channel: str, sequence: Sequence) -> None:
+        super().__init__(url, channel=channel)
+        self.sequence = sequence
+
+    def _handle_emit(self, message: dict[str, Any]) -> None:
+        data = message.get("data")
+        if isinstance(data, list) and data and isinstance(data[0], dict) and "competition" in data[0]:
+            data[0]["seq"] = self.sequence.next()
+        super()._handle_emit(message)
 
 
 @dataclass
@@ -100,7 +145,6 @@ class _Pending:
     info: CompetitionInfo
     changes: list[dict[str, Any]] = field(default_factory=list)
     claims: list[dict[str, Any]] = field(default_factory=list)
-    seq: int = 0
     at: str = ""
     last_emit: float = float("-inf")
     # How long the last broadcast took to hand to every local client.
@@ -123,8 +167,9 @@ class Coalescer:
     LOAD_FACTOR = 3.0
 
     def __init__(self, sio: socketio.Server, live: Live, directory: Directory, runtime: Runtime,
-                 interval: float) -> None:
+                 interval: float, sequence: Sequence) -> None:
         self.sio = sio
+        self.sequence = sequence
         self.live = live
         self.directory = directory
         self.runtime = runtime
@@ -159,8 +204,7 @@ class Coalescer:
             state = self.pending[info.id] = _Pending(info)
         state.changes.extend(message.get("changes", ()))
         state.claims.extend(message.get("claims", ()))
-        if message["seq"] > state.seq:
-            state.seq, state.at = message["seq"], message["at"]
+        state.at = max(state.at, message["at"])
         if state.timer:
             return
         wait = state.last_emit + max(self.interval, self.LOAD_FACTOR * state.cost) - time.monotonic()
@@ -194,14 +238,14 @@ class Coalescer:
         if claims:
             # The latest claim in the contract's fields, every claim merged since the last one in
             # ``claims``; numbered when sent so every client sees increasing numbers.
-            payload = {"competition": info.slug, "seq": self.live.next_seq(info.id), "at": at,
+            payload = {"competition": info.slug, "seq": self.sequence.next(), "at": at,
                        **claims[-1], "claims": claims}
             self.sio.emit("question_claimed", payload, room=everyone, ignore_queue=True)
         if not changes and not force:
             return
         payload = {
             "competition": info.slug,
-            "seq": self.live.next_seq(info.id),
+            "seq": self.sequence.next(),
             "at": at,
             "leaderboard": self.live.top(info.id, info.leaderboard_size),
             "changes": changes,
@@ -229,10 +273,10 @@ class Coalescer:
 def create_realtime(settings: Settings, runtime: Runtime) -> Any:
     """Build the Socket.IO server and return the WSGI app that serves it."""
     live = Live(settings)
-    # tpool runs up to 20 look-ups at once during a connect storm.
-    engine = make_engine(settings, pool_size=10)
-    directory = Directory(make_sessionmaker(engine), runtime)
-    manager = socketio.RedisManager(settings.redis_url, channel=live.socketio_channel)
+    engine = make_engine(settings, pool_size=2)
+    directory = Directory(make_sessionmaker(engine))
+    sequence = Sequence()
+    manager = NumberingRedisManager(settings.redis_url, live.socketio_channel, sequence)
     sio = socketio.Server(
         async_mode=settings.realtime_async_mode,
         client_manager=manager,
@@ -241,20 +285,22 @@ def create_realtime(settings: Settings, runtime: Runtime) -> Any:
         ping_timeout=20,
         max_http_buffer_size=16 * 1024,
     )
-    coalescer = Coalescer(sio, live, directory, runtime, settings.broadcast_interval)
+    coalescer = Coalescer(sio, live, directory, runtime, settings.broadcast_interval, sequence)
 
     boards = FrozenBoards(live)
 
     def snapshot(info: CompetitionInfo, organiser: bool) -> dict[str, Any]:
-        if not live.has_board(info.id):
-            directory.rebuild_board(info.id, live)
-        seq = live.next_seq(info.id)
+        directory.ensure_board(info.id, live)
+        # Numbered before the standings are read: an event numbered lower is already in them,
+        # and one numbered higher is applied on top (leaderboard updates are whole standings).
+        seq = sequence.next()
         frozen = info.frozen() and not organiser
+        board = directory.frozen_top(info, boards) if frozen else live.top(info.id, info.leaderboard_size)
         return {
             "competition": info.slug,
             "seq": seq,
             "at": iso(utcnow()),
-            "leaderboard": directory.frozen_top(info, boards) if frozen else live.top(info.id, info.leaderboard_size),
+            "leaderboard": board,
             "changes": [],
         }
 

@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 
 class Runtime:
-    """Spawning, sleeping and running blocking calls the way the chosen async mode wants."""
+    """Spawning and sleeping the way the chosen async mode wants."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
@@ -52,18 +52,6 @@ class Runtime:
             import time
 
             time.sleep(seconds)
-
-    def blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a call that blocks in C (libpq) on a real OS thread, off the event loop."""
-        if self.mode == "eventlet":
-            from eventlet import tpool
-
-            return tpool.execute(fn, *args)
-        if self.mode == "gevent":
-            import gevent
-
-            return gevent.get_hub().threadpool.apply(fn, args)
-        return fn(*args)
 
 
 def _patch(mode: str) -> None:

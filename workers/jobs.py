@@ -22,7 +22,7 @@ from models.live import Live, utcnow
 from models.tables import Competition, Job
 from settings import Settings
 from workers.publish import Announcement, Publisher
-from workers.rules import RULES, GameError, Outbox
+from workers.rules import RULES, GameError, Outbox, lock_teams
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> str | None:
                 .with_for_update(skip_locked=True)
             ).all()
             batch.sort(key=lambda j: j.created_at)
+        lock_teams(session, {j.team_id for j in batch if j.team_id is not None})
         for item in batch:
             announcement = _apply(session, item)
             if announcement is not None:

@@ -1,8 +1,8 @@
 """After-commit side effects of jobs: the leaderboard cache, Socket.IO events, waiters.
 
 Runs only after the worker's transaction has committed, so nothing announced here can be
-rolled back. A whole batch of jobs is announced in three Redis round trips, whatever its size:
-the leaderboard cache, the sequence numbers, and one pipeline of every publish. A failure
+rolled back. A whole batch of jobs is announced in two Redis round trips, whatever its size:
+the leaderboard cache, then one pipeline of every publish. A failure
 here loses no game state: the sweeper rebuilds the leaderboard cache from PostgreSQL, and
 clients can always read their jobs over REST.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -75,7 +74,7 @@ def _events(a: Announcement, at: datetime) -> list[Event]:
     events: list[Event] = []
     if a.outbox.scores:
         public = [
-            {"teamName": c.team.name, "points": c.team.points, "delta": c.delta, "reason": c.reason, "rank": c.rank}
+            {"teamName": c.name, "points": c.points, "delta": c.delta, "reason": c.reason, "rank": c.rank}
             for c in a.outbox.scores
             if not c.team.disqualified or "disqualified" in c.reason
         ]
@@ -83,8 +82,8 @@ def _events(a: Announcement, at: datetime) -> list[Event]:
             events.append(("", {"competitionId": a.competition.id, "changes": public}, None))
         for change in a.outbox.scores:
             score = {
-                "teamName": change.team.name,
-                "points": change.team.points,
+                "teamName": change.name,
+                "points": change.points,
                 "delta": change.delta,
                 "reason": change.reason,
                 "rank": change.rank,
@@ -143,26 +142,17 @@ class Publisher:
         for (_, change), rank in zip(unranked, results[len(results) - len(unranked):], strict=True):
             change.rank = None if rank is None else int(rank) + 1
 
-        # 2. Number the events, one block per competition.
         per_job = [(a, _events(a, at)) for a in announcements]
-        wanted: Counter[int] = Counter()
-        for a, events in per_job:
-            wanted[a.competition.id] += len(events)
-        pipe = self.live.redis.pipeline(transaction=False)
-        for competition_id, count in wanted.items():
-            self.live.reserve_seq(competition_id, count, pipe)
-        next_seq = {cid: int(end) - wanted[cid] + 1 for cid, end in zip(wanted, pipe.execute(), strict=True)}
 
-        # 3. Publish everything in one pipeline.
+        # 2. Publish everything in one pipeline. The realtime servers number (``seq``) what they
+        #    deliver, so each client sees the numbers in the order it receives the events.
         stamp = iso(at)
         self.sio.buffer = []
         changes: list[str] = []
         try:
             for a, events in per_job:
-                cid = a.competition.id
                 for event, data, room in events:
-                    payload = {"competition": a.competition.slug, "seq": next_seq[cid], "at": stamp, **data}
-                    next_seq[cid] += 1
+                    payload = {"competition": a.competition.slug, "at": stamp, **data}
                     if event:
                         self.sio.emit(event, payload, room=room, namespace="/")
                     else:

@@ -34,6 +34,13 @@ class ScoreChange:
     delta: int
     reason: str
     rank: int | None
+    # The team's points right after this change; the team object ends the batch with its last.
+    points: int = 0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.points = self.team.points
+        self.name = self.team.name
 
 
 @dataclass
@@ -107,8 +114,17 @@ def _require_active(session: Session, team: Team) -> None:
 
 def _lock_team(session: Session, team_id: int) -> Team:
     # Rules that read-then-write team data from different queues (the claim limit, boxes)
-    # serialise on the team row.
-    return session.execute(select(Team).where(Team.id == team_id).with_for_update()).scalar_one()
+    # serialise on the team row. NO KEY UPDATE leaves the API's job inserts (whose foreign
+    # key takes KEY SHARE) unblocked; the worker has already taken these locks in id order.
+    return session.execute(select(Team).where(Team.id == team_id).with_for_update(key_share=True)).scalar_one()
+
+
+def lock_teams(session: Session, team_ids: set[int]) -> None:
+    """Lock a batch's teams up front, in id order, so two workers can never deadlock."""
+    if team_ids:
+        session.execute(
+            select(Team.id).where(Team.id.in_(sorted(team_ids))).order_by(Team.id).with_for_update(key_share=True)
+        ).all()
 
 
 def _question_view(q: Question) -> dict[str, Any]:
@@ -343,7 +359,7 @@ def mystery_forfeit(session: Session, competition: Competition, job: Job, outbox
 
 def _target_team(session: Session, competition: Competition, team_id: int) -> Team:
     team = session.execute(
-        select(Team).where(Team.id == team_id, Team.competition_id == competition.id).with_for_update()
+        select(Team).where(Team.id == team_id, Team.competition_id == competition.id).with_for_update(key_share=True)
     ).scalar_one_or_none()
     if team is None:
         raise GameError("team_not_found", f"there is no team {team_id} in this competition")

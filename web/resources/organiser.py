@@ -152,10 +152,9 @@ class CompetitionItem:
         audit(session, actor, "competition.update", competition.id, slug, before, after)
         session.commit()
         if competition.state != old_state:
-            seq = self.deps.live.next_seq(competition.id)
             self.deps.sio.emit(
                 "competition_state",
-                {"competition": slug, "seq": seq, "at": iso(now), "state": competition.state},
+                {"competition": slug, "at": iso(now), "state": competition.state},
                 room=[competition_room(slug), organisers_room(slug)], namespace="/",
             )
         # Realtime servers cache competition settings; tell them what changed.
