@@ -14,6 +14,20 @@ T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
 
 
+_DRAIN_LIMIT = 4 * 1024 * 1024
+
+
+def _drain(req: falcon.Request) -> None:
+    """Read and drop a refused body, so the client, still sending, gets the answer rather than a
+    reset connection. Beyond a few MiB the connection is simply closed."""
+    left = min(req.content_length or 0, _DRAIN_LIMIT)
+    while left > 0:
+        chunk = req.bounded_stream.read(min(left, 65536))
+        if not chunk:
+            break
+        left -= len(chunk)
+
+
 def read_raw(req: falcon.Request, max_bytes: int) -> bytes:
     # A chunked body has no Content-Length; gunicorn's input stream still ends at its end.
     stream = req.bounded_stream if req.content_length is not None else req.stream
@@ -26,6 +40,7 @@ def read_body(req: falcon.Request, schema: type[T] | Any, max_bytes: int) -> T:
         raise Problem(falcon.HTTP_415, "unsupported-media-type", "Unsupported media type",
                       "send the body as application/json")
     if req.content_length is not None and req.content_length > max_bytes:
+        _drain(req)
         raise Problem(falcon.HTTP_413, "payload-too-large", "Payload too large",
                       f"the body may be at most {max_bytes} bytes")
     raw = read_raw(req, max_bytes)
