@@ -424,8 +424,9 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
                 + ", ".join(f"{k} {n:,}" for k, n in sorted(sp["events"].items()))
                 + f"; {sp['seq_regressions']:,} events arrived with a seq not above the client's last one of any "
                 f"event ({sp.get('seq_regressions_same_event', 0):,} not above the last one of the same event); "
-                f"{sp['on_final_standings']:,} clients ended on the final standings (checked once no event had "
-                f"arrived for 2 s, {sp.get('settled_seconds')} s after the load stopped). Commit-to-event by event: "
+                f"{sp['on_final_standings']:,} clients ended on the final standings (checked after each 2 s without "
+                f"an event, until all did or 30 s had passed; last check {sp.get('settled_seconds')} s after the "
+                f"load stopped). Commit-to-event by event: "
                 + "; ".join(f"{k} {trio(v)} ({v['count']:,})" for k, v in sp["by_event"].items())
                 + f". The spectators' own event-loop lag: p99 {ms_unit(sp['loop_lag_p99'])}, "
                 f"max {ms_unit(sp['loop_lag_max'])} (when this is large the latencies include the clients' backlog).")

@@ -10,9 +10,9 @@ is arrival minus the payload's ``at`` (the worker's commit time; same machine, s
 connect-time snapshot (a ``leaderboard_update`` with no changes) is counted but not timed.
 
 The process stops listening at ``--duration`` or on SIGTERM/SIGINT. It then lets the clients
-drain what is still on its way (until no event arrived for ``--settle`` seconds, at most
-``--settle-max``), reads the final leaderboard over the REST API and counts the clients whose
-last ``leaderboard_update`` shows exactly those standings. It writes a JSON summary (``--out``) and
+drain what is still on its way: after each quiet spell of ``--settle`` seconds it reads the final
+leaderboard over the REST API and counts the clients whose last ``leaderboard_update`` shows
+exactly those standings, until all do or ``--settle-max`` seconds have passed. It writes a JSON summary (``--out``) and
 the raw samples beside it (``<out>.npz``: arrival time, latency, event) for the benchmark.
 It also measures its own event-loop lag: if the clients' loop falls behind, the latencies
 measure the clients, not the server, and the summary says so.
@@ -324,15 +324,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.wait_for(stop.wait(), timeout=max(0.0, args.duration - (listen_from - started)))
     stop.set()
     listen_to = time.time()
-    # Let the clients drain what is still on its way: until no event came for --settle seconds
-    # (at most --settle-max), then compare what each client shows with the final standings.
-    while time.monotonic() - tally.last_event_at < args.settle and time.time() - listen_to < args.settle_max:
-        await asyncio.sleep(0.2)
+    # Let the clients drain what is still on its way, then compare what each shows with the final
+    # standings: once no event came for --settle seconds, and again after each later quiet spell,
+    # until every client shows them or --settle-max has passed.
+    size = max((len(s.leaderboard or []) for s in spectators), default=10) or 10
+    final: list[dict[str, Any]] | None = None
+    on_final = 0
+    checked_at = -1.0
+    while True:
+        elapsed = time.time() - listen_to
+        quiet = time.monotonic() - tally.last_event_at >= args.settle
+        if (quiet and tally.last_event_at != checked_at) or elapsed >= args.settle_max:
+            checked_at = tally.last_event_at
+            final = await final_leaderboard(args.api, args.slug, size) if args.api else None
+            on_final = sum(1 for s in spectators if final is not None and same_standings(s.leaderboard, final))
+            if on_final == len(spectators) or elapsed >= args.settle_max:
+                break
+        await asyncio.sleep(0.5)
     tally.listening = False
     settled = time.time() - listen_to
-    size = max((len(s.leaderboard or []) for s in spectators), default=10) or 10
-    final = await final_leaderboard(args.api, args.slug, size) if args.api else None
-    on_final = sum(1 for s in spectators if final is not None and same_standings(s.leaderboard, final))
     received_any = sum(1 for s in spectators if s.leaderboard is not None)
     await asyncio.wait_for(
         asyncio.gather(*(s.disconnect() for s in spectators if s.connected), return_exceptions=True),
