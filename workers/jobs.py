@@ -1,10 +1,12 @@
 """Running jobs: idempotent, serial per queue, then the after-commit announcements.
 
 A message names one job, but the worker takes that job together with the other jobs
-already waiting on its queue (oldest first, up to ``worker_batch_size``) and applies them in
-one transaction, each inside its own savepoint with its own result. Their own messages
-arrive later, find the jobs finished and do nothing. Batching keeps the per-queue order and
-the one-consumer-per-queue guarantee, and turns N commits and N Redis round trips into one.
+already waiting on its queue (oldest first, ``worker_batch_size`` per transaction, until none
+is left) and applies them, each inside its own savepoint with its own result. A job that has
+a message of its own finds itself finished when the message arrives and does nothing; while a
+queue is busy the API sends no message for most jobs at all (``Live.wake``). Batching keeps
+the per-queue order and the one-consumer-per-queue guarantee, and turns N commits, N Redis
+round trips and N broker messages into a few.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, exists, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -93,36 +95,56 @@ def _apply(session: Session, job: Job) -> Announcement | None:
 
 
 def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> str | None:
-    """Apply the named job exactly once, together with other waiting jobs of its queue.
+    """Apply the named job exactly once, and every job waiting on its queue with it.
 
     Returns the named job's final status, or None if it had already been applied.
     """
-    # Most messages of a busy queue name a job that an earlier batch already applied: one
-    # autocommit read settles those without a transaction.
     with ctx.autocommit() as session:
-        if session.scalar(select(Job.status).where(Job.id == job_id)) in FINISHED:
-            return None
+        row = session.execute(select(Job.status, Job.queue).where(Job.id == job_id)).one_or_none()
+    if row is None:
+        log.warning("job %s does not exist; dropping the message", job_id)
+        return None
+    # From here on every job committed before this point is picked up below, so the API may
+    # again send a message for the next job (see Live.wake).
+    try:
+        ctx.live.clear_wake(row.queue)
+    except Exception:
+        # A flag left set expires on its own; this batch still takes what is waiting.
+        log.warning("could not clear the wake flag of %s", row.queue, exc_info=True)
+    named = None if row.status in FINISHED else job_id
+    status, taken = _run_batch(ctx, named, row.queue)
+    while taken >= ctx.settings.worker_batch_size:
+        _, taken = _run_batch(ctx, None, row.queue)
+    return status
+
+
+def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str) -> tuple[str | None, int]:
+    """One transaction over the named job (if any) and the oldest waiting jobs of the queue.
+
+    Returns the named job's status if this batch applied it, and how many jobs it took.
+    """
+    if job_id is None:
+        with ctx.autocommit() as session:
+            if not session.scalar(select(exists().where(Job.queue == queue, Job.status == "queued"))):
+                return None, 0
     announcements: list[Announcement] = []
     status: str | None = None
     crashed = False
     with ctx.sessions.begin() as session:
-        job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
-        if job is None:
-            log.warning("job %s does not exist; dropping the message", job_id)
-            return None
-        queue = job.queue
-        already_done = job.status in FINISHED
-        batch = [] if already_done else [job]
+        batch: list[Job] = []
+        if job_id is not None:
+            job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one()
+            if job.status not in FINISHED:
+                batch.append(job)
         limit = ctx.settings.worker_batch_size - len(batch)
-        if limit > 0:
-            batch += session.scalars(
-                select(Job)
-                .where(Job.queue == queue, Job.status == "queued", Job.id != job_id)
-                .order_by(Job.created_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            ).all()
-            batch.sort(key=lambda j: j.created_at)
+        batch += session.scalars(
+            select(Job)
+            .where(Job.queue == queue, Job.status == "queued", Job.id != job_id)
+            .order_by(Job.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        batch.sort(key=lambda j: j.created_at)
         lock_teams(session, {j.team_id for j in batch if j.team_id is not None})
         for item in batch:
             announcement = _apply(session, item)
@@ -130,12 +152,13 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> str | None:
                 announcements.append(announcement)
             elif item.id == job_id:
                 crashed = True
-        status = None if already_done or job.status not in FINISHED else job.status
+            if item.id == job_id and item.status in FINISHED:
+                status = item.status
     if announcements:
         ctx.publisher.announce_all(announcements, utcnow())
     if crashed:
         raise JobCrashed(f"job {job_id} crashed; retrying")
-    return status
+    return status, len(batch)
 
 
 def fail_job(ctx: WorkerContext, job_id: uuid.UUID, code: str, message: str) -> None:

@@ -104,7 +104,8 @@ def accept_job(
     event = deps.waiter.register(str(job_id)) if wait else None
     try:
         try:
-            enqueue(deps.celery, str(job_id), kind, queue)
+            if _needs_message(deps, queue):
+                enqueue(deps.celery, str(job_id), kind, queue)
         except Exception:
             # The job row is committed; the sweeper re-sends it once the broker is back.
             log.exception("enqueue of job %s failed; the sweeper will re-send it", job_id)
@@ -125,6 +126,15 @@ def accept_job(
         body.update(extra)
     resp.location = f"/api/v1/jobs/{job_id}"
     write_json(resp, body, falcon.HTTP_202)
+
+
+def _needs_message(deps: Deps, queue: str) -> bool:
+    try:
+        return deps.live.wake(queue)
+    except Exception:
+        # Without the flag, a message per job is always safe.
+        log.warning("wake flag unavailable; sending a message", exc_info=True)
+        return True
 
 
 def respond_with_job(resp: falcon.Response, job: Job, *, extra: dict[str, Any] | None = None,
