@@ -234,3 +234,30 @@ def test_a_worker_killed_mid_job_loses_nothing(api: Api, db: Db, settings: Setti
     assert len(claims) == len(codes)
     assert {c.team_id for c in claims} == {t.id for t in teams}
     assert len({c.question_id for c in claims}) == len(codes)
+
+
+def test_jobs_committed_while_the_queue_is_awake_need_no_message_of_their_own(
+        api: Api, db: Db, settings: Settings, competition: dict[str, Any], celery: Celery) -> None:
+    """While the wake flag is set the API sends no message; the one message that set it makes
+    the worker drain every waiting job, in more than one batch if need be."""
+    slug = competition["slug"]
+    competition_id = db.competition(slug).id
+    live = Live(settings)
+    try:
+        assert live.wake(REGISTRATIONS, ttl_ms=60_000)  # as if the API had just sent a message
+        assert not live.wake(REGISTRATIONS)  # ...so the next jobs get none
+        count = settings.worker_batch_size * 2 + 7
+        tokens = [f"awake-{uuid.uuid4().hex}" for _ in range(count)]
+        job_ids = [
+            insert_job(db, competition_id=competition_id, kind="register", queue=REGISTRATIONS, token=token,
+                       payload={"teamName": f"Awake {i}", "members": [], "email": None}, team_id=None)
+            for i, token in enumerate(tokens)
+        ]
+        send(celery, job_ids[0], "register", REGISTRATIONS)
+        rows = db.wait_jobs(job_ids)
+        assert {row.status for row in rows.values()} == {"succeeded"}
+        assert not live.redis.exists(f"{settings.redis_prefix}:wake:{REGISTRATIONS}")
+        teams = db.all(select(func.count()).select_from(Team).where(Team.competition_id == competition_id))
+        assert teams[0][0] == count
+    finally:
+        live.redis.close()
