@@ -59,8 +59,8 @@ class Recorder:
                    exception: BaseException | None, start_time: float | None = None, **_: Any) -> None:
         category = (context or {}).get("cat") or ("job" if request_type == "JOB" else "other")
         end = time.time()
-        self.samples.append((round(end, 4), category, f"{request_type} {name}", round(response_time, 2),
-                             exception is None))
+        label = name if name.startswith(f"{request_type} ") else f"{request_type} {name}"
+        self.samples.append((round(end, 4), category, label, round(response_time, 2), exception is None))
 
     def dump(self, scenario: str, fixture: Fixture | None) -> None:
         path = config.samples_path()

@@ -124,6 +124,12 @@ def cpu_cell(cpu: dict[str, float]) -> str:
     return ", ".join(parts)
 
 
+def _label(name: str) -> str:
+    # Runs before the recorder learnt not to repeat the method wrote "POST POST /...".
+    first, _, rest = name.partition(" ")
+    return rest if rest.startswith(first + " ") else name
+
+
 def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**missed**")
 
@@ -160,7 +166,7 @@ def targets(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, boo
     if (r := get("organiser")) is not None:
         for v in r["by_name"].values():
             if v["category"] == "read" and "(list)" in v["name"]:
-                rows.append(("organiser", f"p95 < 50 ms: {v['name'].split(' ', 1)[1]}", ms_unit(v["p95"]),
+                rows.append(("organiser", f"p95 < 50 ms: {_label(v['name'])}", ms_unit(v["p95"]),
                              v["p95"] is not None and v["p95"] < 50))
     if (r := get("competition")) is not None:
         failures = r["http_failures"] + r["job_failures"]
@@ -395,7 +401,7 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
         add("| request | count | failures | p50 | p95 | p99 |")
         add("|---|---|---|---|---|---|")
         for v in r["by_name"].values():
-            add(f"| {v['category']}: `{v['name']}` | {v['count']:,} | {v['failures']} | {ms(v['p50'])} "
+            add(f"| {v['category']}: `{_label(v['name'])}` | {v['count']:,} | {v['failures']} | {ms(v['p50'])} "
                 f"| {ms(v['p95'])} | {ms(v['p99'])} |")
         add("")
         add("Job outcomes (client side): " + ", ".join(f"{k}: {n:,}" for k, n in sorted(r["outcomes"].items())))
