@@ -134,6 +134,12 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**missed**")
 
 
+def _p95_ratio(ours: float | None, theirs: float | None) -> str:
+    if not ours or not theirs:
+        return "-"
+    return f"{theirs / ours:.1f}x lower p95" if ours <= theirs else f"{ours / theirs:.1f}x higher p95"
+
+
 def _ratio(ours: float | None, theirs: float | None, higher_is_better: bool) -> str:
     if not ours or not theirs:
         return "-"
@@ -339,17 +345,17 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
             ours = (f"{r['teams_registered_per_s']:.0f} teams/s; p95 to registered {ms_unit(job.get('p95'))} "
                     f"(p95 accept {ms_unit(r['accept']['p95'])})")
             ratio = (f"{_ratio(r['teams_registered_per_s'], old['rate'], True)} the throughput, "
-                     f"{_ratio(job.get('p95'), old['p95_ms'], False)} lower p95")
+                     f"{_p95_ratio(job.get('p95'), old['p95_ms'])}")
         elif r["name"] == "organiser":
             own = r["own_requests"]
             ours = f"{r['requests_per_s']:.0f} req/s, p95 {ms_unit(own['p95'])} over all organiser requests"
             ratio = (f"{_ratio(r['requests_per_s'], old['rate'], True)} the throughput, "
-                     f"{_ratio(own['p95'], old['p95_ms'], False)} lower p95")
+                     f"{_p95_ratio(own['p95'], old['p95_ms'])}")
         elif r["name"] == "competition":
             ours = (f"{r['requests_per_s']:.0f} req/s ({r['jobs_per_s']:.0f} jobs/s), p95 POST-to-job-finished "
                     f"{ms_unit(r['job']['p95'])}")
             ratio = (f"{_ratio(r['requests_per_s'], old['rate'], True)} the requests/s of its best figure, "
-                     f"{_ratio(r['job']['p95'], old['p95_ms'], False)} lower p95")
+                     f"{_p95_ratio(r['job']['p95'], old['p95_ms'])}")
         elif r["name"] == "claim_race":
             fives = sum(f["occurrences"] for f in r["locust_failures"] if f["error"][:1] == "5")
             ours = (f"{fives} 5xx, {r['orphan_claims']} orphan claims, {r['claims']} winners of "
