@@ -291,14 +291,14 @@ def create_realtime(settings: Settings, runtime: Runtime) -> Any:
 
     def snapshot(info: CompetitionInfo, organiser: bool) -> dict[str, Any]:
         directory.ensure_board(info.id, live)
-        # Numbered before the standings are read: an event numbered lower is already in them,
-        # and one numbered higher is applied on top (leaderboard updates are whole standings).
-        seq = sequence.next()
         frozen = info.frozen() and not organiser
         board = directory.frozen_top(info, boards) if frozen else live.top(info.id, info.leaderboard_size)
+        # Numbered after the read and sent straight away, with no yield in between, so nothing
+        # this process delivers to the client before it carries a higher number. (A change that
+        # lands during the read shows in the next broadcast, which always has whole standings.)
         return {
             "competition": info.slug,
-            "seq": seq,
+            "seq": sequence.next(),
             "at": iso(utcnow()),
             "leaderboard": board,
             "changes": [],
