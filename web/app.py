@@ -44,7 +44,7 @@ def create_app(settings: Settings, deps: Deps | None = None) -> falcon.App:
     app = falcon.App(middleware=[
         ResponseHeaders(settings),
         RateLimits(settings, RateLimiter(deps.redis, settings.redis_prefix)),
-        SessionScope(deps.sessions),
+        SessionScope(deps.sessions, deps.autocommit),
     ])
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.keep_blank_qs_values = True

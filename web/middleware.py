@@ -18,13 +18,18 @@ SECURITY_HEADERS = {
 
 
 class SessionScope:
-    """One session per request: committed when the responder succeeds, rolled back otherwise."""
+    """One session per request: committed when the responder succeeds, rolled back otherwise.
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    Reads (GET, HEAD) get an autocommit session: they write nothing, so BEGIN and COMMIT would
+    only add two round trips to every poll of a job or page of a list.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], reads: sessionmaker[Session]) -> None:
         self.sessions = sessions
+        self.reads = reads
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        req.context.session = self.sessions()
+        req.context.session = (self.reads if req.method in ("GET", "HEAD") else self.sessions)()
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any,
                          req_succeeded: bool) -> None:
