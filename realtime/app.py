@@ -243,11 +243,14 @@ class Coalescer:
             self.sio.emit("question_claimed", payload, room=everyone, ignore_queue=True)
         if not changes and not force:
             return
+        # Read before numbering: the read yields to other greenlets, which may deliver (and
+        # number) private events meanwhile; a number taken before it would then arrive late.
+        leaderboard = self.live.top(info.id, info.leaderboard_size)
         payload = {
             "competition": info.slug,
             "seq": self.sequence.next(),
             "at": at,
-            "leaderboard": self.live.top(info.id, info.leaderboard_size),
+            "leaderboard": leaderboard,
             "changes": changes,
         }
         # During a freeze spectators keep the standings at the freeze; organisers watch live.
