@@ -2,11 +2,13 @@
 
 A message names one job, but the worker takes that job together with the other jobs
 already waiting on its queue (oldest first, ``worker_batch_size`` per transaction, until none
-is left) and applies them, each inside its own savepoint with its own result. A job that has
-a message of its own finds itself finished when the message arrives and does nothing; while a
-queue is busy the API sends no message for most jobs at all (``Live.wake``). Batching keeps
-the per-queue order and the one-consumer-per-queue guarantee, and turns N commits, N Redis
-round trips and N broker messages into a few.
+is left) and applies them, each with its own result: inside its own savepoint, unless the
+rule's only write comes after every check. A job that has a message of its own finds itself
+finished when the message arrives and does nothing; while a queue is busy the API sends no
+message for most jobs at all (``Live.wake``). Batching keeps the per-queue order and the
+one-consumer-per-queue guarantee, and turns N commits, N job updates, N Redis round trips and
+N broker messages into a few: the batch locks and loads its teams and reads the clock in one
+statement, and writes every job's outcome in one executemany.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Engine, exists, select
+from sqlalchemy import Engine, exists, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from models.db import make_autocommit_sessionmaker, make_engine, make_sessionmaker
 from models.live import Live, utcnow
@@ -31,7 +35,7 @@ log = logging.getLogger(__name__)
 FINISHED = ("succeeded", "failed")
 # Rules whose only write is one statement, made after every check: a refusal has written
 # nothing, so they need no savepoint (two round trips fewer per job).
-SINGLE_WRITE = frozenset({"register"})
+SINGLE_WRITE = frozenset({"register", "claim"})
 MAX_ATTEMPTS = 3
 
 
@@ -56,8 +60,18 @@ class WorkerContext:
                    Publisher(settings, live))
 
 
-def _apply(session: Session, job: Job) -> Announcement | None:
-    """Apply one locked, unfinished job (in a savepoint unless it writes once). None: it crashed, stays queued."""
+def _record(job: Job, done: list[dict[str, Any]], **values: Any) -> None:
+    """Set a job's columns without making it dirty; the batch writes them all in one executemany."""
+    for name, value in values.items():
+        set_committed_value(job, name, value)
+    done.append({"id": job.id, **values})
+
+
+def _apply(session: Session, job: Job, done: list[dict[str, Any]]) -> Announcement | None:
+    """Apply one locked, unfinished job (in a savepoint unless it writes once). None: it crashed, stays queued.
+
+    The job's new columns go into ``done`` (see ``_record``).
+    """
     competition = session.get(Competition, job.competition_id)
     assert competition is not None
     outbox = Outbox()
@@ -79,18 +93,23 @@ def _apply(session: Session, job: Job) -> Announcement | None:
             # Without a savepoint the transaction is aborted: the whole batch is retried.
             raise
         # The savepoint is rolled back; the rest of the batch is unaffected.
-        job.attempts += 1
-        log.exception("job %s (%s) failed in the database, attempt %d", job.id, job.kind, job.attempts)
-        if job.attempts < MAX_ATTEMPTS:
+        log.exception("job %s (%s) failed in the database, attempt %d", job.id, job.kind, job.attempts + 1)
+        if job.attempts + 1 < MAX_ATTEMPTS:
+            _record(job, done, attempts=job.attempts + 1)
             return None
         outbox = Outbox()
         result, status, error = None, "failed", {"code": "internal_error", "message": "the job could not be completed"}
-    job.attempts += 1
-    job.started_at = started
-    job.result, job.status, job.error = result, status, error
+    values: dict[str, Any] = {
+        "attempts": job.attempts + 1,
+        "started_at": started,
+        "result": result,
+        "status": status,
+        "error": error,
+        "finished_at": utcnow(),
+    }
     if job.kind == "register" and result is not None:
-        job.team_id = result["teamId"]
-    job.finished_at = utcnow()
+        values["team_id"] = result["teamId"]
+    _record(job, done, **values)
     return Announcement(competition, job, outbox)
 
 
@@ -146,19 +165,30 @@ def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str) -> tupl
         ).all()
         batch.sort(key=lambda j: j.created_at)
         lock_teams(session, {j.team_id for j in batch if j.team_id is not None})
+        done: list[dict[str, Any]] = []
         for item in batch:
-            announcement = _apply(session, item)
+            announcement = _apply(session, item, done)
             if announcement is not None:
                 announcements.append(announcement)
             elif item.id == job_id:
                 crashed = True
             if item.id == job_id and item.status in FINISHED:
                 status = item.status
+        _write_jobs(session, done)
     if announcements:
         ctx.publisher.announce_all(announcements, utcnow())
     if crashed:
         raise JobCrashed(f"job {job_id} crashed; retrying")
     return status, len(batch)
+
+
+def _write_jobs(session: Session, done: list[dict[str, Any]]) -> None:
+    # Grouped by the columns they set, as one executemany needs the same columns in every row.
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in done:
+        groups.setdefault(tuple(row), []).append(row)
+    for rows in groups.values():
+        session.execute(update(Job), rows)
 
 
 def fail_job(ctx: WorkerContext, job_id: uuid.UUID, code: str, message: str) -> None:

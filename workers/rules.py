@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, insert, select, update
+from sqlalchemy import and_, exists, false, func, insert, literal, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm.attributes import set_committed_value
 
 from models.live import iso
 from models.ranking import rank_of
@@ -64,15 +65,50 @@ def answer_matches(given: str, expected: str) -> bool:
     return normalise_answer(given) == normalise_answer(expected)
 
 
+# Where lock_teams leaves the database clock for the rest of the batch.
+BATCH_CLOCK = "quiz.batch_clock"
+
+
 def _now(session: Session) -> datetime:
-    # The database clock, so deadlines and tie-breaks agree across every worker host.
-    return session.scalar(select(func.clock_timestamp()))
+    """The database clock, so deadlines agree across every worker host.
+
+    Read once per batch, together with the team locks: every job of the batch was queued before
+    that instant, so a deadline check against it never refuses a job sent in time.
+    """
+    now = session.info.get(BATCH_CLOCK)
+    if now is None:
+        now = session.info[BATCH_CLOCK] = session.scalar(select(func.clock_timestamp()))
+    return now
+
+
+def _ahead_of_updated_row() -> Any:
+    """How many visible teams rank above the row an UPDATE on teams has just written.
+
+    Used in that UPDATE's RETURNING: the subquery sees the other teams as they were before the
+    statement (this transaction's earlier changes included), the outer ``teams`` is the new row.
+    """
+    other = aliased(Team)
+    return (
+        select(func.count())
+        .select_from(other)
+        .where(
+            other.competition_id == Team.competition_id,
+            other.disqualified == false(),
+            other.id != Team.id,
+            or_(
+                other.points > Team.points,
+                and_(other.points == Team.points, tuple_(other.points_at, other.id) < tuple_(Team.points_at, Team.id)),
+            ),
+        )
+        .correlate(Team)
+        .scalar_subquery()
+    )
 
 
 def change_points(session: Session, team: Team, delta: int, reason: str, reference: str | None,
                   outbox: Outbox) -> Team:
-    """Move a team's points with one atomic statement and write the ledger row."""
-    row = session.execute(
+    """Move a team's points, write the ledger row and read the new rank: one statement."""
+    moved = (
         update(Team)
         .where(Team.id == team.id, Team.points + delta >= 0)
         .values(
@@ -80,23 +116,29 @@ def change_points(session: Session, team: Team, delta: int, reason: str, referen
             points_at=func.clock_timestamp(),
             points_version=Team.points_version + 1,
         )
-        .returning(Team.points, Team.points_at, Team.points_version)
-        .execution_options(synchronize_session=False)
+        .returning(Team.competition_id, Team.id, Team.points, Team.points_at, Team.points_version,
+                   _ahead_of_updated_row().label("ahead"))
+        .cte("moved")
+    )
+    ledger = (
+        insert(ScoreEvent)
+        .from_select(
+            ["competition_id", "team_id", "delta", "points_after", "reason", "reference"],
+            select(moved.c.competition_id, moved.c.id, literal(delta), moved.c.points, literal(reason),
+                   literal(reference)),
+        )
+        .cte("ledger")
+    )
+    row = session.execute(
+        select(moved.c.points, moved.c.points_at, moved.c.points_version, moved.c.ahead).add_cte(ledger)
     ).one_or_none()
     if row is None:
         raise GameError("insufficient_points", f"this costs {-delta} points and the team has fewer")
-    team.points, team.points_at, team.points_version = row.points, row.points_at, row.points_version
-    session.execute(
-        insert(ScoreEvent).values(
-            competition_id=team.competition_id,
-            team_id=team.id,
-            delta=delta,
-            points_after=row.points,
-            reason=reason,
-            reference=reference,
-        )
-    )
-    outbox.scores.append(ScoreChange(team=team, delta=delta, reason=reason, rank=rank_of(session, team)))
+    # Committed values: the row is already written, so the ORM must not flush it again.
+    set_committed_value(team, "points", row.points)
+    set_committed_value(team, "points_at", row.points_at)
+    set_committed_value(team, "points_version", row.points_version)
+    outbox.scores.append(ScoreChange(team=team, delta=delta, reason=reason, rank=row.ahead + 1))
     return team
 
 
@@ -113,18 +155,27 @@ def _require_active(session: Session, team: Team) -> None:
 
 
 def _lock_team(session: Session, team_id: int) -> Team:
-    # Rules that read-then-write team data from different queues (the claim limit, boxes)
-    # serialise on the team row. NO KEY UPDATE leaves the API's job inserts (whose foreign
-    # key takes KEY SHARE) unblocked; the worker has already taken these locks in id order.
-    return session.execute(select(Team).where(Team.id == team_id).with_for_update(key_share=True)).scalar_one()
+    # lock_teams has locked and loaded every team of the batch, so this is found in the
+    # session without a round trip; the lock is what serialises rules that read-then-write team
+    # data from different queues (the claim limit, boxes).
+    return session.get_one(Team, team_id)
 
 
 def lock_teams(session: Session, team_ids: set[int]) -> None:
-    """Lock a batch's teams up front, in id order, so two workers can never deadlock."""
+    """Lock and load a batch's teams up front, in id order, so two workers can never deadlock.
+
+    NO KEY UPDATE leaves the API's job inserts (whose foreign key takes KEY SHARE) unblocked.
+    The same round trip reads the database clock the batch's deadline checks use.
+    """
     if team_ids:
-        session.execute(
-            select(Team.id).where(Team.id.in_(sorted(team_ids))).order_by(Team.id).with_for_update(key_share=True)
+        rows = session.execute(
+            select(Team, func.clock_timestamp())
+            .where(Team.id.in_(sorted(team_ids)))
+            .order_by(Team.id)
+            .with_for_update(key_share=True, of=Team)
         ).all()
+        if rows:
+            session.info[BATCH_CLOCK] = rows[0][1]
 
 
 def _question_view(q: Question) -> dict[str, Any]:
@@ -174,36 +225,39 @@ def register(session: Session, competition: Competition, job: Job, outbox: Outbo
 # -- the board ------------------------------------------------------------------------
 
 
-def _find_question(session: Session, competition: Competition, code: str) -> Question:
-    question = session.scalar(
-        select(Question).where(Question.competition_id == competition.id, Question.code == code)
-    )
-    if question is None:
-        raise GameError("question_not_found", f"there is no question {code!r}")
-    return question
+def _holder() -> Any:
+    return select(Claim.team_id).where(Claim.question_id == Question.id).correlate(Question).scalar_subquery()
 
 
 def claim(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
     _require_running(competition)
     team = _lock_team(session, job.team_id)
     _require_active(session, team)
-    question = _find_question(session, competition, job.payload["questionId"])
-    if question.kind != "board":
-        raise GameError("question_not_found", f"{question.code!r} is a mystery question, not on the board")
-    holder = session.scalar(select(Claim.team_id).where(Claim.question_id == question.id))
-    if holder is not None:
-        if holder == team.id:
-            raise GameError("question_already_claimed", "your team already holds this question")
-        raise GameError("question_already_claimed", f"question {question.code!r} is already claimed")
-    open_claims = session.scalar(
+    code = job.payload["questionId"]
+    # The question, who holds it and how many unanswered claims the team has: one round trip.
+    open_claims = (
         select(func.count())
         .select_from(Claim)
         .where(
             Claim.team_id == team.id,
             ~exists().where(Submission.team_id == Claim.team_id, Submission.question_id == Claim.question_id),
         )
+        .scalar_subquery()
     )
-    if open_claims >= competition.max_open_claims:
+    row = session.execute(
+        select(Question, _holder().label("holder"), open_claims.label("open_claims"))
+        .where(Question.competition_id == competition.id, Question.code == code)
+    ).one_or_none()
+    if row is None:
+        raise GameError("question_not_found", f"there is no question {code!r}")
+    question, holder = row.Question, row.holder
+    if question.kind != "board":
+        raise GameError("question_not_found", f"{question.code!r} is a mystery question, not on the board")
+    if holder is not None:
+        if holder == team.id:
+            raise GameError("question_already_claimed", "your team already holds this question")
+        raise GameError("question_already_claimed", f"question {question.code!r} is already claimed")
+    if row.open_claims >= competition.max_open_claims:
         raise GameError(
             "claim_limit_reached",
             f"a team may hold {competition.max_open_claims} unanswered claim(s); answer one first",
@@ -224,10 +278,16 @@ def submit(session: Session, competition: Competition, job: Job, outbox: Outbox)
     _require_running(competition)
     team = _lock_team(session, job.team_id)
     _require_active(session, team)
-    question = _find_question(session, competition, job.payload["questionId"])
+    code = job.payload["questionId"]
+    row = session.execute(
+        select(Question, _holder().label("holder"))
+        .where(Question.competition_id == competition.id, Question.code == code)
+    ).one_or_none()
+    if row is None:
+        raise GameError("question_not_found", f"there is no question {code!r}")
+    question, holder = row.Question, row.holder
     box: MysteryBox | None = None
     if question.kind == "board":
-        holder = session.scalar(select(Claim.team_id).where(Claim.question_id == question.id))
         if holder != team.id:
             raise GameError("question_not_claimed", f"your team has not claimed {question.code!r}")
     else:
