@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import socketio
+from sqlalchemy import Row
 
 from models.live import Live, iso, organisers_room, team_room
 from models.ranking import standing
@@ -26,7 +27,7 @@ from workers.rules import Outbox
 log = logging.getLogger(__name__)
 
 
-def job_view(job: Job) -> dict[str, Any]:
+def job_view(job: Job | Row[Any]) -> dict[str, Any]:
     """The job as clients see it (REST and ``job_update``)."""
     view: dict[str, Any] = {
         "jobId": str(job.id),

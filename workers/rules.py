@@ -65,8 +65,9 @@ def answer_matches(given: str, expected: str) -> bool:
     return normalise_answer(given) == normalise_answer(expected)
 
 
-# Where lock_teams leaves the database clock for the rest of the batch.
+# Where lock_teams leaves the database clock and the locked teams for the rest of the batch.
 BATCH_CLOCK = "quiz.batch_clock"
+BATCH_TEAMS = "quiz.batch_teams"
 
 
 def _now(session: Session) -> datetime:
@@ -155,10 +156,13 @@ def _require_active(session: Session, team: Team) -> None:
 
 
 def _lock_team(session: Session, team_id: int) -> Team:
-    # lock_teams has locked and loaded every team of the batch, so this is found in the
-    # session without a round trip; the lock is what serialises rules that read-then-write team
-    # data from different queues (the claim limit, boxes).
-    return session.get_one(Team, team_id)
+    # lock_teams has locked and loaded every team of the batch, so this needs no round trip; the
+    # lock is what serialises rules that read-then-write team data from different queues (the
+    # claim limit, boxes). An object expired by a rolled-back savepoint reloads on first use.
+    team = session.info.get(BATCH_TEAMS, {}).get(team_id)
+    if team is None:
+        team = session.execute(select(Team).where(Team.id == team_id).with_for_update(key_share=True)).scalar_one()
+    return team
 
 
 def lock_teams(session: Session, team_ids: set[int]) -> None:
@@ -176,6 +180,8 @@ def lock_teams(session: Session, team_ids: set[int]) -> None:
         ).all()
         if rows:
             session.info[BATCH_CLOCK] = rows[0][1]
+        # Held here because the session's identity map only keeps weak references.
+        session.info[BATCH_TEAMS] = {team.id: team for team, _ in rows}
 
 
 def _question_view(q: Question) -> dict[str, Any]:

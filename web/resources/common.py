@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import falcon
-from sqlalchemy import select
+from sqlalchemy import literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -57,7 +57,7 @@ def accept_job(
     resp: falcon.Response,
     deps: Deps,
     *,
-    competition: Competition,
+    competition: Competition | str,
     kind: str,
     queue: str,
     payload: dict[str, Any],
@@ -68,6 +68,8 @@ def accept_job(
 ) -> None:
     """Record the job, commit, enqueue, and answer 202 (or 200 if ``Prefer: wait`` was met).
 
+    ``competition`` may be just a slug: the INSERT then finds the competition itself, which
+    saves a registration one round trip (an unknown slug is a 404 all the same).
     ``session`` defaults to the request's; team writes pass an autocommit session, as the job
     row is the only thing they write.
     """
@@ -75,25 +77,33 @@ def accept_job(
     key = idempotency_key(req)
     wait = prefer_wait(req, deps.settings.max_wait_seconds)
     job_id = uuid.uuid4()
+    values = {
+        "id": job_id,
+        "kind": kind,
+        "queue": queue,
+        "team_id": team_id,
+        "owner_hash": owner_hash,
+        "payload": payload,
+        "idempotency_key": key,
+    }
+    statement = pg_insert(Job)
+    if isinstance(competition, str):
+        columns = [getattr(Job, name) for name in values]
+        source = select(*(literal(value, column.type) for value, column in zip(values.values(), columns,
+                                                                              strict=True)),
+                        Competition.id).where(Competition.slug == competition)
+        statement = statement.from_select([*values, "competition_id"], source)
+    else:
+        statement = statement.values(competition_id=competition.id, **values)
     inserted = session.scalar(
-        pg_insert(Job)
-        .values(
-            id=job_id,
-            competition_id=competition.id,
-            kind=kind,
-            queue=queue,
-            team_id=team_id,
-            owner_hash=owner_hash,
-            payload=payload,
-            idempotency_key=key,
-        )
-        .on_conflict_do_nothing(
+        statement.on_conflict_do_nothing(
             index_elements=[Job.owner_hash, Job.idempotency_key],
             index_where=Job.idempotency_key.is_not(None),
-        )
-        .returning(Job.id)
+        ).returning(Job.id)
     )
     if inserted is None:
+        if isinstance(competition, str):
+            competition = get_competition(session, competition)
         existing = session.scalar(select(Job).where(Job.owner_hash == owner_hash, Job.idempotency_key == key))
         assert existing is not None
         if existing.kind != kind or existing.payload != payload or existing.competition_id != competition.id:

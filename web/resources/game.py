@@ -41,7 +41,6 @@ class Teams:
 
     def _register(self, req: falcon.Request, resp: falcon.Response, session: Session, slug: str,
                   body: RegisterTeam) -> None:
-        competition = get_competition(session, slug)
         key = idempotency_key(req)
         # With an Idempotency-Key the token is derived from it, so a retried registration maps
         # to the same owner and gets the same job and the same token back.
@@ -51,7 +50,7 @@ class Teams:
             "members": [_clean(m, f"members[{i}]") for i, m in enumerate(body.members)],
             "email": body.email,
         }
-        accept_job(req, resp, self.deps, competition=competition, kind="register", queue=REGISTRATIONS,
+        accept_job(req, resp, self.deps, competition=slug, kind="register", queue=REGISTRATIONS,
                    payload=payload, owner_hash=token_hash(token), team_id=None, extra={"teamToken": token},
                    session=session)
 
@@ -198,7 +197,11 @@ class JobItem:
             raise Problem(falcon.HTTP_401, "unauthorized", "Authentication required",
                           "send the teamToken (or the organiser token) as a Bearer token",
                           headers={"WWW-Authenticate": 'Bearer realm="quiz"'})
-        job = session.get(Job, job_id)
+        # Plain columns, not an ORM entity: this is most of a busy API's requests.
+        job = session.execute(
+            select(Job.id, Job.kind, Job.status, Job.created_at, Job.finished_at, Job.result, Job.error,
+                   Job.owner_hash).where(Job.id == job_id)
+        ).first()
         digest = token_hash(token)
         if job is not None and (is_admin(token, self.deps.settings.admin_token) or job.owner_hash == digest):
             write_json(resp, job_view(job))
