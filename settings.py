@@ -63,8 +63,11 @@ class Settings:
     mystery_shards: int = 1
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    api_workers: int = 2
-    api_threads: int = 32
+    # More processes with fewer threads: under load the GIL hands over badly among many busy
+    # threads (loadtests/README.md, "API workers and threads"). Threads are still needed, as
+    # ``Prefer: wait`` parks one per waiting request.
+    api_workers: int = 3
+    api_threads: int = 16
     realtime_host: str = "127.0.0.1"
     realtime_port: int = 8001
     realtime_async_mode: str = "eventlet"

@@ -305,8 +305,9 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
     pg = meta.get("postgres_connections") or {}
     if pg:
         add(f"- PostgreSQL max_connections {pg['max_connections']}, of which {pg['others_connections']} were held by "
-            "other people's databases when the stack started; the stack may open up to about 70 (gunicorn 2 x "
-            "(10 + 10 overflow), 6 consumers, realtime, sweeper), so `too many clients` 503s are possible here")
+            "other people's databases when the stack started; the stack may open up to about 75 (gunicorn "
+            f"{s['api_workers']} x at most {s['api_threads']} threads, 6 consumers, realtime, sweeper), so "
+            "`too many clients` 503s are possible here")
     add(f"- whole run: {meta['elapsed']} s" + (f"; **run error: {meta['error']}**" if meta["error"] else ""))
     add("")
     add("Latencies are p50 / p95 / p99 in ms. *HTTP accept*: the round trip of a write answered 202. "

@@ -46,8 +46,8 @@ def test_values_are_parsed() -> None:
         "BOARD_QUEUES": "8",
         "MYSTERY_SHARDS": "2",
         "API_PORT": "9000",
-        "API_WORKERS": "3",
-        "API_THREADS": "16",
+        "API_WORKERS": "5",
+        "API_THREADS": "12",
         "REALTIME_PORT": "9001",
         "REALTIME_ASYNC_MODE": "threading",
         "LOG_LEVEL": "debug",
@@ -61,7 +61,7 @@ def test_values_are_parsed() -> None:
     assert settings.redis_url == "redis://r:6379/3"
     assert settings.admin_token == "secret"
     assert (settings.board_queues, settings.mystery_shards) == (8, 2)
-    assert (settings.api_port, settings.api_workers, settings.api_threads) == (9000, 3, 16)
+    assert (settings.api_port, settings.api_workers, settings.api_threads) == (9000, 5, 12)
     assert settings.realtime_port == 9001
     assert settings.realtime_async_mode == "threading"
     assert settings.log_level == "DEBUG"
