@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, exists, select, update
+from sqlalchemy import Engine, bindparam, exists, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -37,6 +37,20 @@ FINISHED = ("succeeded", "failed")
 # nothing, so they need no savepoint (two round trips fewer per job).
 SINGLE_WRITE = frozenset({"register", "claim"})
 MAX_ATTEMPTS = 3
+
+
+# Built once and run with bound parameters (building costs more CPU than a quiet queue's job).
+_JOB_STATUS = select(Job.status, Job.queue).where(Job.id == bindparam("job_id"))
+_ANY_QUEUED = select(exists().where(Job.queue == bindparam("queue"), Job.status == "queued"))
+_LOCK_JOB = select(Job).where(Job.id == bindparam("job_id")).with_for_update()
+# The waiting jobs besides the named one (``job_id`` may be NULL: ``IS DISTINCT FROM`` keeps them all).
+_TAKE_QUEUED = (
+    select(Job)
+    .where(Job.queue == bindparam("queue"), Job.status == "queued", Job.id.is_distinct_from(bindparam("job_id")))
+    .order_by(Job.created_at)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
 
 
 class JobCrashed(Exception):
@@ -119,7 +133,7 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> str | None:
     Returns the named job's final status, or None if it had already been applied.
     """
     with ctx.autocommit() as session:
-        row = session.execute(select(Job.status, Job.queue).where(Job.id == job_id)).one_or_none()
+        row = session.execute(_JOB_STATUS, {"job_id": job_id}).one_or_none()
     if row is None:
         log.warning("job %s does not exist; dropping the message", job_id)
         return None
@@ -144,7 +158,7 @@ def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str) -> tupl
     """
     if job_id is None:
         with ctx.autocommit() as session:
-            if not session.scalar(select(exists().where(Job.queue == queue, Job.status == "queued"))):
+            if not session.scalar(_ANY_QUEUED, {"queue": queue}):
                 return None, 0
     announcements: list[Announcement] = []
     status: str | None = None
@@ -152,17 +166,11 @@ def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str) -> tupl
     with ctx.sessions.begin() as session:
         batch: list[Job] = []
         if job_id is not None:
-            job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one()
+            job = session.execute(_LOCK_JOB, {"job_id": job_id}).scalar_one()
             if job.status not in FINISHED:
                 batch.append(job)
         limit = ctx.settings.worker_batch_size - len(batch)
-        batch += session.scalars(
-            select(Job)
-            .where(Job.queue == queue, Job.status == "queued", Job.id != job_id)
-            .order_by(Job.created_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).all()
+        batch += session.scalars(_TAKE_QUEUED, {"queue": queue, "job_id": job_id, "limit": limit}).all()
         batch.sort(key=lambda j: j.created_at)
         lock_teams(session, {j.team_id for j in batch if j.team_id is not None})
         done: list[dict[str, Any]] = []

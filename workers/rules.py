@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, false, func, insert, literal, or_, select, tuple_, update
+from sqlalchemy import Integer, Text, and_, bindparam, exists, false, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
@@ -106,12 +106,16 @@ def _ahead_of_updated_row() -> Any:
     )
 
 
-def change_points(session: Session, team: Team, delta: int, reason: str, reference: str | None,
-                  outbox: Outbox) -> Team:
-    """Move a team's points, write the ledger row and read the new rank: one statement."""
+def _move_points_statement() -> Any:
+    """Move a team's points, write the ledger row and read the new rank, in one statement.
+
+    Built once: the hot statements of the rules are constructed at import and run with bound
+    parameters, as building a statement like this costs more CPU than running it.
+    """
+    delta = bindparam("delta", type_=Integer)
     moved = (
         update(Team)
-        .where(Team.id == team.id, Team.points + delta >= 0)
+        .where(Team.id == bindparam("team_id"), Team.points + delta >= 0)
         .values(
             points=Team.points + delta,
             points_at=func.clock_timestamp(),
@@ -125,13 +129,22 @@ def change_points(session: Session, team: Team, delta: int, reason: str, referen
         insert(ScoreEvent)
         .from_select(
             ["competition_id", "team_id", "delta", "points_after", "reason", "reference"],
-            select(moved.c.competition_id, moved.c.id, literal(delta), moved.c.points, literal(reason),
-                   literal(reference)),
+            select(moved.c.competition_id, moved.c.id, delta, moved.c.points, bindparam("reason", type_=Text),
+                   bindparam("reference", type_=Text)),
         )
         .cte("ledger")
     )
+    return select(moved.c.points, moved.c.points_at, moved.c.points_version, moved.c.ahead).add_cte(ledger)
+
+
+_MOVE_POINTS = _move_points_statement()
+
+
+def change_points(session: Session, team: Team, delta: int, reason: str, reference: str | None,
+                  outbox: Outbox) -> Team:
+    """Move a team's points with one atomic statement that also writes the ledger and reads the rank."""
     row = session.execute(
-        select(moved.c.points, moved.c.points_at, moved.c.points_version, moved.c.ahead).add_cte(ledger)
+        _MOVE_POINTS, {"team_id": team.id, "delta": delta, "reason": reason, "reference": reference}
     ).one_or_none()
     if row is None:
         raise GameError("insufficient_points", f"this costs {-delta} points and the team has fewer")
@@ -165,6 +178,14 @@ def _lock_team(session: Session, team_id: int) -> Team:
     return team
 
 
+_LOCK_TEAMS = (
+    select(Team, func.clock_timestamp())
+    .where(Team.id.in_(bindparam("ids", expanding=True)))
+    .order_by(Team.id)
+    .with_for_update(key_share=True, of=Team)
+)
+
+
 def lock_teams(session: Session, team_ids: set[int]) -> None:
     """Lock and load a batch's teams up front, in id order, so two workers can never deadlock.
 
@@ -172,12 +193,7 @@ def lock_teams(session: Session, team_ids: set[int]) -> None:
     The same round trip reads the database clock the batch's deadline checks use.
     """
     if team_ids:
-        rows = session.execute(
-            select(Team, func.clock_timestamp())
-            .where(Team.id.in_(sorted(team_ids)))
-            .order_by(Team.id)
-            .with_for_update(key_share=True, of=Team)
-        ).all()
+        rows = session.execute(_LOCK_TEAMS, {"ids": sorted(team_ids)}).all()
         if rows:
             session.info[BATCH_CLOCK] = rows[0][1]
         # Held here because the session's identity map only keeps weak references.
@@ -231,8 +247,37 @@ def register(session: Session, competition: Competition, job: Job, outbox: Outbo
 # -- the board ------------------------------------------------------------------------
 
 
-def _holder() -> Any:
-    return select(Claim.team_id).where(Claim.question_id == Question.id).correlate(Question).scalar_subquery()
+_HOLDER = select(Claim.team_id).where(Claim.question_id == Question.id).correlate(Question).scalar_subquery()
+_THIS_QUESTION = and_(Question.competition_id == bindparam("competition_id"), Question.code == bindparam("code"))
+# A submission looks up the question and who holds it; a claim also counts the team's
+# unanswered claims. One round trip each.
+_SUBMIT_LOOKUP = select(Question, _HOLDER.label("holder")).where(_THIS_QUESTION)
+_CLAIM_LOOKUP = select(
+    Question,
+    _HOLDER.label("holder"),
+    select(func.count())
+    .select_from(Claim)
+    .where(
+        Claim.team_id == bindparam("team_id"),
+        ~exists().where(Submission.team_id == Claim.team_id, Submission.question_id == Claim.question_id),
+    )
+    .scalar_subquery()
+    .label("open_claims"),
+).where(_THIS_QUESTION)
+_INSERT_SUBMISSION = (
+    pg_insert(Submission)
+    .values({name: bindparam(name) for name in
+             ("competition_id", "team_id", "question_id", "answer", "correct", "points_awarded")})
+    .on_conflict_do_nothing()
+    .returning(Submission.id)
+)
+_INSERT_CLAIM = (
+    pg_insert(Claim)
+    .values(competition_id=bindparam("competition_id"), question_id=bindparam("question_id"),
+            team_id=bindparam("team_id"))
+    .on_conflict_do_nothing()
+    .returning(Claim.id)
+)
 
 
 def claim(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
@@ -240,20 +285,8 @@ def claim(session: Session, competition: Competition, job: Job, outbox: Outbox) 
     team = _lock_team(session, job.team_id)
     _require_active(session, team)
     code = job.payload["questionId"]
-    # The question, who holds it and how many unanswered claims the team has: one round trip.
-    open_claims = (
-        select(func.count())
-        .select_from(Claim)
-        .where(
-            Claim.team_id == team.id,
-            ~exists().where(Submission.team_id == Claim.team_id, Submission.question_id == Claim.question_id),
-        )
-        .scalar_subquery()
-    )
-    row = session.execute(
-        select(Question, _holder().label("holder"), open_claims.label("open_claims"))
-        .where(Question.competition_id == competition.id, Question.code == code)
-    ).one_or_none()
+    row = session.execute(_CLAIM_LOOKUP, {"competition_id": competition.id, "code": code,
+                                          "team_id": team.id}).one_or_none()
     if row is None:
         raise GameError("question_not_found", f"there is no question {code!r}")
     question, holder = row.Question, row.holder
@@ -268,12 +301,8 @@ def claim(session: Session, competition: Competition, job: Job, outbox: Outbox) 
             "claim_limit_reached",
             f"a team may hold {competition.max_open_claims} unanswered claim(s); answer one first",
         )
-    claimed = session.scalar(
-        pg_insert(Claim)
-        .values(competition_id=competition.id, question_id=question.id, team_id=team.id)
-        .on_conflict_do_nothing()
-        .returning(Claim.id)
-    )
+    claimed = session.scalar(_INSERT_CLAIM, {"competition_id": competition.id, "question_id": question.id,
+                                             "team_id": team.id})
     if claimed is None:
         raise GameError("question_already_claimed", f"question {question.code!r} is already claimed")
     outbox.claimed.append((question.code, team.name))
@@ -285,10 +314,7 @@ def submit(session: Session, competition: Competition, job: Job, outbox: Outbox)
     team = _lock_team(session, job.team_id)
     _require_active(session, team)
     code = job.payload["questionId"]
-    row = session.execute(
-        select(Question, _holder().label("holder"))
-        .where(Question.competition_id == competition.id, Question.code == code)
-    ).one_or_none()
+    row = session.execute(_SUBMIT_LOOKUP, {"competition_id": competition.id, "code": code}).one_or_none()
     if row is None:
         raise GameError("question_not_found", f"there is no question {code!r}")
     question, holder = row.Question, row.holder
@@ -313,19 +339,14 @@ def submit(session: Session, competition: Competition, job: Job, outbox: Outbox)
     correct = answer_matches(answer, question.answer)
     value = box.reward if box is not None else question.points
     earned = value if correct else -min(competition.wrong_answer_penalty, team.points)
-    submitted = session.scalar(
-        pg_insert(Submission)
-        .values(
-            competition_id=competition.id,
-            team_id=team.id,
-            question_id=question.id,
-            answer=answer,
-            correct=correct,
-            points_awarded=earned,
-        )
-        .on_conflict_do_nothing()
-        .returning(Submission.id)
-    )
+    submitted = session.scalar(_INSERT_SUBMISSION, {
+        "competition_id": competition.id,
+        "team_id": team.id,
+        "question_id": question.id,
+        "answer": answer,
+        "correct": correct,
+        "points_awarded": earned,
+    })
     if submitted is None:
         raise GameError("already_answered", f"your team has already answered {question.code!r}")
     reason = ("mystery_" if box else "") + ("correct_answer" if correct else "wrong_answer")

@@ -174,7 +174,9 @@ def test_two_workers_locking_two_teams_in_opposite_order(api: Api, db: Db, setti
         by_queue.setdefault(board_queue(settings, competition_id, q["questionId"]), []).append(q["questionId"])
     (queue_a, codes_a), (queue_b, codes_b) = sorted(by_queue.items())[:2]
     api.add_questions(slug, [q for q in bank if q["questionId"] in codes_a[:3] + codes_b[:2]])
-    x, y, z = register_teams(api, db, slug, ["X-ray", "Yankee", "Zulu"])
+    # Named in id order (registrations run concurrently, so ids need not follow the names):
+    # workers lock a batch's teams in id order, which is what this scenario is about.
+    x, y, z = sorted(register_teams(api, db, slug, ["X-ray", "Yankee", "Zulu"]), key=lambda team: team.id)
 
     def claim_job(team: TeamHandle, queue: str, code: str) -> str:
         return insert_job(db, competition_id=competition_id, kind="claim", queue=queue, token=team.token,
