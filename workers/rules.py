@@ -4,7 +4,6 @@ go into the ``Outbox``."""
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -372,6 +371,22 @@ def submit(session: Session, competition: Competition, job: Job, outbox: Outbox)
 # -- mystery boxes ----------------------------------------------------------------------
 
 
+# A random mystery question of the difficulty that no box holds and the team has not answered,
+# drawn by PostgreSQL: one round trip, whatever the size of the pool.
+_DRAW_MYSTERY = (
+    select(Question)
+    .where(
+        Question.competition_id == bindparam("competition_id"),
+        Question.kind == "mystery",
+        Question.difficulty == bindparam("difficulty"),
+        ~exists().where(MysteryBox.question_id == Question.id, MysteryBox.state != "forfeited"),
+        ~exists().where(Submission.team_id == bindparam("team_id"), Submission.question_id == Question.id),
+    )
+    .order_by(func.random())
+    .limit(1)
+)
+
+
 def mystery_buy(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
     _require_running(competition)
     team = _lock_team(session, job.team_id)
@@ -383,21 +398,10 @@ def mystery_buy(session: Session, competition: Competition, job: Job, outbox: Ou
     reward = competition.mystery_reward(difficulty)
     if team.points < price:
         raise GameError("insufficient_points", f"a {difficulty} box costs {price} points; the team has {team.points}")
-    taken = exists().where(MysteryBox.question_id == Question.id, MysteryBox.state != "forfeited")
-    answered = exists().where(Submission.team_id == team.id, Submission.question_id == Question.id)
-    pool = session.scalars(
-        select(Question.id).where(
-            Question.competition_id == competition.id,
-            Question.kind == "mystery",
-            Question.difficulty == difficulty,
-            ~taken,
-            ~answered,
-        )
-    ).all()
-    if not pool:
+    question = session.scalars(_DRAW_MYSTERY, {"competition_id": competition.id, "difficulty": difficulty,
+                                               "team_id": team.id}).first()
+    if question is None:
         raise GameError("no_mystery_left", f"no {difficulty} mystery question is left")
-    question = session.get(Question, random.choice(pool))
-    assert question is not None
     session.execute(
         insert(MysteryBox).values(
             competition_id=competition.id,
