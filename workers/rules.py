@@ -264,18 +264,18 @@ _CLAIM_LOOKUP = select(
     .label("open_claims"),
 ).where(_THIS_QUESTION)
 _INSERT_SUBMISSION = (
-    pg_insert(Submission)
+    pg_insert(Submission.__table__)
     .values({name: bindparam(name) for name in
              ("competition_id", "team_id", "question_id", "answer", "correct", "points_awarded")})
     .on_conflict_do_nothing()
-    .returning(Submission.id)
+    .returning(Submission.__table__.c.id)
 )
 _INSERT_CLAIM = (
-    pg_insert(Claim)
+    pg_insert(Claim.__table__)
     .values(competition_id=bindparam("competition_id"), question_id=bindparam("question_id"),
             team_id=bindparam("team_id"))
     .on_conflict_do_nothing()
-    .returning(Claim.id)
+    .returning(Claim.__table__.c.id)
 )
 
 

@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import falcon
-from sqlalchemy import literal, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -52,6 +52,34 @@ def idempotency_key(req: falcon.Request) -> str | None:
     return key
 
 
+_JOB_COLUMNS = ("id", "kind", "queue", "team_id", "owner_hash", "payload", "idempotency_key")
+
+
+def _insert_job(source: Any = None) -> Any:
+    """The job INSERT, built once; a retried write with the same Idempotency-Key inserts nothing.
+
+    On the Core table: an ORM insert run with parameters would take SQLAlchemy's bulk path.
+    """
+    jobs = Job.__table__
+    statement = pg_insert(jobs)
+    if source is None:
+        statement = statement.values({name: bindparam(name) for name in (*_JOB_COLUMNS, "competition_id")})
+    else:
+        statement = statement.from_select([*_JOB_COLUMNS, "competition_id"], source)
+    return statement.on_conflict_do_nothing(
+        index_elements=[jobs.c.owner_hash, jobs.c.idempotency_key],
+        index_where=jobs.c.idempotency_key.is_not(None),
+    ).returning(jobs.c.id)
+
+
+_INSERT_JOB = _insert_job()
+# The same, finding the competition by slug in the statement itself (a registration's only query).
+_INSERT_JOB_BY_SLUG = _insert_job(
+    select(*(bindparam(name, type_=getattr(Job, name).type) for name in _JOB_COLUMNS), Competition.id)
+    .where(Competition.slug == bindparam("slug"))
+)
+
+
 def accept_job(
     req: falcon.Request,
     resp: falcon.Response,
@@ -86,21 +114,10 @@ def accept_job(
         "payload": payload,
         "idempotency_key": key,
     }
-    statement = pg_insert(Job)
     if isinstance(competition, str):
-        columns = [getattr(Job, name) for name in values]
-        source = select(*(literal(value, column.type) for value, column in zip(values.values(), columns,
-                                                                              strict=True)),
-                        Competition.id).where(Competition.slug == competition)
-        statement = statement.from_select([*values, "competition_id"], source)
+        inserted = session.scalar(_INSERT_JOB_BY_SLUG, {**values, "slug": competition})
     else:
-        statement = statement.values(competition_id=competition.id, **values)
-    inserted = session.scalar(
-        statement.on_conflict_do_nothing(
-            index_elements=[Job.owner_hash, Job.idempotency_key],
-            index_where=Job.idempotency_key.is_not(None),
-        ).returning(Job.id)
-    )
+        inserted = session.scalar(_INSERT_JOB, {**values, "competition_id": competition.id})
     if inserted is None:
         if isinstance(competition, str):
             competition = get_competition(session, competition)

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import falcon
-from sqlalchemy import exists, select
+from sqlalchemy import bindparam, exists, select
 from sqlalchemy.orm import Session
 
 from models.live import FrozenBoards, iso, utcnow
@@ -186,6 +186,11 @@ class CurrentMysteryBox(TeamWrite):
         self.write(req, resp, slug)
 
 
+# Plain columns, not an ORM entity, built once: polls are most of a busy API's requests.
+_JOB_FOR_POLL = select(Job.id, Job.kind, Job.status, Job.created_at, Job.finished_at, Job.result, Job.error,
+                       Job.owner_hash).where(Job.id == bindparam("job_id"))
+
+
 class JobItem:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
@@ -197,11 +202,7 @@ class JobItem:
             raise Problem(falcon.HTTP_401, "unauthorized", "Authentication required",
                           "send the teamToken (or the organiser token) as a Bearer token",
                           headers={"WWW-Authenticate": 'Bearer realm="quiz"'})
-        # Plain columns, not an ORM entity: this is most of a busy API's requests.
-        job = session.execute(
-            select(Job.id, Job.kind, Job.status, Job.created_at, Job.finished_at, Job.result, Job.error,
-                   Job.owner_hash).where(Job.id == job_id)
-        ).first()
+        job = session.execute(_JOB_FOR_POLL, {"job_id": job_id}).first()
         digest = token_hash(token)
         if job is not None and (is_admin(token, self.deps.settings.admin_token) or job.owner_hash == digest):
             write_json(resp, job_view(job))
