@@ -37,6 +37,9 @@ class SessionScope:
         if session is None:
             return
         try:
+            # A read's autocommit session has nothing to commit; closing returns its connection.
+            if req.method in ("GET", "HEAD"):
+                return
             if req_succeeded:
                 session.commit()
             else:
