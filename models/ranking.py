@@ -56,8 +56,13 @@ def standing(team: Team) -> Standing:
 
 
 def all_standings(session: Session, competition_id: int) -> list[Standing]:
-    teams = session.scalars(select(Team).where(Team.competition_id == competition_id)).all()
-    return [standing(t) for t in teams]
+    # Plain columns: the sweeper rebuilds every running competition's cache every few seconds.
+    rows = session.execute(
+        select(Team.id, Team.name, Team.points, Team.points_version, Team.points_at, Team.disqualified)
+        .where(Team.competition_id == competition_id)
+    ).all()
+    return [Standing(team_id=r.id, name=r.name, points=r.points, version=r.points_version,
+                     reached_at=r.points_at, visible=not r.disqualified) for r in rows]
 
 
 def frozen_leaderboard(session: Session, competition_id: int, freeze_at: datetime) -> list[dict[str, Any]]:
