@@ -128,7 +128,8 @@ class Question(Base):
     __tablename__ = "questions"
     __table_args__ = (
         Index("uq_questions_competition_id_code", "competition_id", "code", unique=True),
-        Index("ix_questions_mystery_pool", "competition_id", "kind", "difficulty"),
+        # With id last, a mystery draw can start at a random id and stop at the first free question.
+        Index("ix_questions_mystery_pool", "competition_id", "kind", "difficulty", "id"),
         CheckConstraint(_in("difficulty", DIFFICULTIES), name="difficulty"),
         CheckConstraint(_in("kind", QUESTION_KINDS), name="kind"),
         CheckConstraint("points >= 0", name="points"),

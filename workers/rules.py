@@ -9,7 +9,23 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, Text, and_, bindparam, exists, false, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    exists,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
@@ -371,20 +387,38 @@ def submit(session: Session, competition: Competition, job: Job, outbox: Outbox)
 # -- mystery boxes ----------------------------------------------------------------------
 
 
-# A random mystery question of the difficulty that no box holds and the team has not answered,
-# drawn by PostgreSQL: one round trip, whatever the size of the pool.
-_DRAW_MYSTERY = (
-    select(Question)
-    .where(
+def _draw_mystery_statement() -> Any:
+    """A random mystery question of the difficulty that no box holds and the team has not answered.
+
+    Reading the whole pool to pick one (``ORDER BY random()``) made a draw cost O(pool) on the
+    one queue that serves a competition's boxes. Instead a random id between the pool's lowest
+    and highest is drawn, and the first free question from there (wrapping around to the start)
+    is taken: an index range scan that usually reads a row or two. Questions that follow a run
+    of taken ones are a little likelier; the draw stays unpredictable to the teams.
+    """
+    in_pool = (
         Question.competition_id == bindparam("competition_id"),
         Question.kind == "mystery",
         Question.difficulty == bindparam("difficulty"),
+    )
+    free = (
+        *in_pool,
         ~exists().where(MysteryBox.question_id == Question.id, MysteryBox.state != "forfeited"),
         ~exists().where(Submission.team_id == bindparam("team_id"), Submission.question_id == Question.id),
     )
-    .order_by(func.random())
-    .limit(1)
-)
+    bounds = select(func.min(Question.id).label("lo"), func.max(Question.id).label("hi")).where(*in_pool).cte("bounds")
+    # Referenced twice, so PostgreSQL materialises it: one random() per draw.
+    start = select(
+        cast(bounds.c.lo + func.floor(func.random() * (bounds.c.hi - bounds.c.lo + 1)), BigInteger).label("id")
+    ).cte("start")
+    start_id = select(start.c.id).scalar_subquery()
+    from_start = select(Question.id).where(*free, Question.id >= start_id).order_by(Question.id).limit(1)
+    wrapped = select(Question.id).where(*free, Question.id < start_id).order_by(Question.id).limit(1)
+    picked = union_all(from_start.subquery().select(), wrapped.subquery().select()).limit(1).subquery()
+    return select(Question).where(Question.id == select(picked.c.id).scalar_subquery())
+
+
+_DRAW_MYSTERY = _draw_mystery_statement()
 
 
 def mystery_buy(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
