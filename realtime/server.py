@@ -6,6 +6,7 @@ patches first and imports the application afterwards.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -85,6 +86,19 @@ def serve(settings: Settings, wsgi_app: Any) -> None:
         make_server(*address, wsgi_app).serve_forever()
 
 
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector from stalling every client at once.
+
+    With 2,000 clients the process tracks about 400,000 objects, and a full collection walked
+    them all every ~15 s: 1.1 s in which no event went out (measured in the fan-out benchmark,
+    where it made p99 commit-to-event 3.3 s). What exists at start-up is frozen out of
+    collection for good; a larger first generation lets the short-lived objects of each event
+    die young instead of being promoted, so full collections become rare.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
+
+
 def main(settings: Settings | None = None) -> int:
     settings = settings or Settings.from_env()
     _patch(settings.realtime_async_mode)
@@ -93,6 +107,7 @@ def main(settings: Settings | None = None) -> int:
 
     runtime = Runtime(settings.realtime_async_mode)
     wsgi_app = create_realtime(settings, runtime)
+    _tune_gc()
     log.info("realtime (%s) listening on %s:%s", settings.realtime_async_mode, settings.realtime_host,
              settings.realtime_port)
     serve(settings, wsgi_app)
