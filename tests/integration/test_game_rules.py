@@ -208,6 +208,32 @@ def test_forfeit_refunds_nothing_and_returns_the_question(api: Api, db: Db, comp
     db.assert_ledger(db.competition(slug).id)
 
 
+def test_mystery_draws_are_random_and_skip_what_the_team_answered(api: Api, db: Db) -> None:
+    slug = api.create_competition(startingPoints=100_000)["slug"]
+    api.add_questions(slug, questions(40, prefix="E", kind="mystery", difficulty="EASY"))
+    api.add_questions(slug, questions(3, prefix="H", kind="mystery", difficulty="HARD"))
+    team = api.register(slug)
+
+    # A forfeit returns the question to the pool, so each of these draws is made from all 40.
+    drawn = []
+    for _ in range(12):
+        drawn.append(ok_job(api.buy_mystery(slug, team.token, "EASY"))["mysteryQuestionId"])
+        ok_job(api.forfeit_mystery(slug, team.token))
+    # A fixed order (say, always the first free question) would give one code twelve times;
+    # twelve random draws from 40 give at most three distinct codes about once in 10^9.
+    assert len(set(drawn)) > 3, drawn
+
+    # Answered questions, right or wrong, are never drawn again for that team.
+    answered = []
+    for _ in range(3):
+        code = ok_job(api.buy_mystery(slug, team.token, "HARD"))["mysteryQuestionId"]
+        ok_job(api.submit(slug, team.token, code, "not the answer"))
+        answered.append(code)
+    assert sorted(answered) == ["H1", "H2", "H3"]
+    failed_with(api.buy_mystery(slug, team.token, "HARD"), "no_mystery_left")
+    db.assert_ledger(db.competition(slug).id)
+
+
 def test_nothing_but_registration_unless_running(api: Api, db: Db) -> None:
     competition = api.create_competition(state="open")
     slug = competition["slug"]
