@@ -82,6 +82,22 @@ class Tally:
         return cached
 
 
+class SeqWatch:
+    """One client's ``seq`` order: counts numbers that do not go up, overall and per event."""
+
+    def __init__(self) -> None:
+        self.last = 0
+        self.last_by_event: dict[str, int] = {}
+
+    def see(self, event: str, seq: int, tally: Tally) -> None:
+        if seq <= self.last:
+            tally.seq_regressions += 1
+        if seq <= self.last_by_event.get(event, 0):
+            tally.seq_regressions_same_event += 1
+        self.last = max(self.last, seq)
+        self.last_by_event[event] = max(self.last_by_event.get(event, 0), seq)
+
+
 class Spectator:
     def __init__(self, tally: Tally, http: aiohttp.ClientSession) -> None:
         self.tally = tally
@@ -90,8 +106,7 @@ class Spectator:
         self.sio.on("*", self.on_event)
         self.sio.on("disconnect", self.on_disconnect)
         self.closing = False
-        self.last_seq = 0
-        self.last_seq_by_event: dict[str, int] = {}
+        self.seqs = SeqWatch()
         self.leaderboard: list[dict[str, Any]] | None = None
 
     @property
@@ -115,12 +130,7 @@ class Spectator:
             return
         seq = data.get("seq")
         if isinstance(seq, int):
-            if seq <= self.last_seq:
-                tally.seq_regressions += 1
-            if seq <= self.last_seq_by_event.get(event, 0):
-                tally.seq_regressions_same_event += 1
-            self.last_seq = max(self.last_seq, seq)
-            self.last_seq_by_event[event] = max(self.last_seq_by_event.get(event, 0), seq)
+            self.seqs.see(event, seq, tally)
         if event == "leaderboard_update":
             self.leaderboard = data.get("leaderboard")
             if not data.get("changes"):
@@ -162,8 +172,7 @@ class RawSpectator:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.reader: asyncio.Task[None] | None = None
         self.closing = False
-        self.last_seq = 0
-        self.last_seq_by_event: dict[str, int] = {}
+        self.seqs = SeqWatch()
         self.last_leaderboard: str | None = None
 
     @property
@@ -235,12 +244,7 @@ class RawSpectator:
             while stop < len(data) and data[stop] not in ",}":
                 stop += 1
             seq = int(data[at_pos + 6:stop])
-            if seq <= self.last_seq:
-                tally.seq_regressions += 1
-            if seq <= self.last_seq_by_event.get(event, 0):
-                tally.seq_regressions_same_event += 1
-            self.last_seq = max(self.last_seq, seq)
-            self.last_seq_by_event[event] = max(self.last_seq_by_event.get(event, 0), seq)
+            self.seqs.see(event, seq, tally)
         if event == "leaderboard_update":
             self.last_leaderboard = data
             if '"changes":[]' in data or '"changes": []' in data:
