@@ -79,6 +79,9 @@ class Settings:
     broadcast_interval: float = 0.25
     leaderboard_size: int = 10
     max_wait_seconds: int = 10
+    # Requests of one API process that may wait (``Prefer: wait``) at once, each parking a
+    # thread; 0 means three quarters of API_THREADS, so some threads stay free for other work.
+    max_waiters: int = 0
     max_body_bytes: int = 65536
     sweep_interval: float = 5.0
     sweep_after: float = 15.0
@@ -94,6 +97,10 @@ class Settings:
     worker_batch_size: int = 50
     # Wrong answers allowed per team per minute before submissions are refused with 429.
     wrong_answer_limit: int = 30
+
+    @property
+    def wait_capacity(self) -> int:
+        return self.max_waiters or max(1, self.api_threads * 3 // 4)
 
     @property
     def production(self) -> bool:
@@ -133,6 +140,7 @@ class Settings:
             db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size, minimum=1),
             broadcast_interval=_float(env, "BROADCAST_INTERVAL", cls.broadcast_interval),
             leaderboard_size=_int(env, "LEADERBOARD_SIZE", cls.leaderboard_size, minimum=1),
+            max_waiters=_int(env, "MAX_WAITERS", cls.max_waiters),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
             sweep_interval=_float(env, "SWEEP_INTERVAL", cls.sweep_interval, minimum=0.1),
             sweep_after=_float(env, "SWEEP_AFTER", cls.sweep_after),

@@ -45,6 +45,7 @@ class Deps:
             waiter=JobWaiter(
                 redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=30),
                 live.jobs_channel,
+                settings.wait_capacity,
             ),
             sio=socketio.RedisManager(settings.redis_url, channel=live.socketio_channel, write_only=True),
         )

@@ -1,7 +1,13 @@
 """``Prefer: wait=N``: block a request thread until its job finishes, without polling.
 
-One subscriber thread per process listens on the jobs channel; requests register an Event
-for their job id before the job is enqueued, so a fast worker cannot finish unseen.
+One subscriber thread per process listens on the jobs channel. A request takes a ticket for
+its job id *before* the job row is inserted, so a consumer that is already draining the queue
+cannot finish the job unseen. A published finish can still be lost (Redis restarted, the
+subscriber reconnecting), so a waiter also re-reads its job every ``RECHECK`` seconds: a lost
+message costs at most that, never the whole wait.
+
+Waiting parks a request thread, so the number of waiters per process is capped; past the cap a
+write answers 202 at once and the client polls or listens for ``job_update``.
 """
 
 from __future__ import annotations
@@ -9,17 +15,35 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import redis
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+# How long a waiter trusts the channel before it re-reads its job from the database.
+RECHECK = 0.5
+
+
+class Ticket:
+    """One request's claim on a job's finish."""
+
+    __slots__ = ("event", "job_id")
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.event = threading.Event()
+
 
 class JobWaiter:
-    def __init__(self, client: redis.Redis, channel: str) -> None:
+    def __init__(self, client: redis.Redis, channel: str, capacity: int) -> None:
         self._redis = client
         self._channel = channel
-        self._events: dict[str, threading.Event] = {}
+        self.capacity = capacity
+        self._tickets: dict[str, Ticket] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -38,6 +62,7 @@ class JobWaiter:
             try:
                 pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self._channel)
+                # Finishes published while the subscriber was away are found by the re-reads.
                 self._ready.set()
                 for message in pubsub.listen():
                     data = message.get("data")
@@ -45,25 +70,43 @@ class JobWaiter:
                         continue
                     job_id = data.split(b" ", 1)[0].decode()
                     with self._lock:
-                        event = self._events.get(job_id)
-                    if event is not None:
-                        event.set()
+                        ticket = self._tickets.get(job_id)
+                    if ticket is not None:
+                        ticket.event.set()
             except Exception:
-                # Redis restarted: waiters time out and fall back to reading the row.
                 self._ready.clear()
                 log.warning("job waiter lost Redis; reconnecting", exc_info=True)
-                with self._lock:
-                    for event in self._events.values():
-                        event.set()
                 time.sleep(0.5)
 
-    def register(self, job_id: str) -> threading.Event:
-        self._ensure_started()
-        event = threading.Event()
-        with self._lock:
-            self._events[job_id] = event
-        return event
+    @property
+    def waiting(self) -> int:
+        return len(self._tickets)
 
-    def release(self, job_id: str) -> None:
+    def register(self, job_id: str) -> Ticket | None:
+        """A ticket for ``job_id``, or None when this process already has ``capacity`` waiters."""
+        self._ensure_started()
+        ticket = Ticket(job_id)
         with self._lock:
-            self._events.pop(job_id, None)
+            if len(self._tickets) >= self.capacity:
+                return None
+            self._tickets[job_id] = ticket
+        return ticket
+
+    def wait(self, ticket: Ticket, timeout: float, read: Callable[[], T | None]) -> T | None:
+        """Wait up to ``timeout`` s for the job; ``read`` returns it once finished, else None.
+
+        Reads the job when the channel says it finished, and every ``RECHECK`` s regardless.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            ticket.event.wait(max(0.0, min(RECHECK, remaining)))
+            ticket.event.clear()
+            found = read()
+            if found is not None or time.monotonic() >= deadline:
+                return found
+
+    def release(self, ticket: Ticket) -> None:
+        with self._lock:
+            if self._tickets.get(ticket.job_id) is ticket:
+                del self._tickets[ticket.job_id]

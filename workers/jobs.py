@@ -13,18 +13,19 @@ statement, and writes every job's outcome in one executemany.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, exists, select, update
+from sqlalchemy import Engine, bindparam, exists, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models.db import make_autocommit_sessionmaker, make_engine, make_sessionmaker
-from models.live import Live, utcnow
+from models.live import Live, iso, utcnow
 from models.tables import Competition, Job
 from settings import Settings
 from workers.publish import Announcement, Publisher
@@ -119,7 +120,6 @@ def _apply(session: Session, job: Job, done: list[dict[str, Any]]) -> Announceme
         "result": result,
         "status": status,
         "error": error,
-        "finished_at": utcnow(),
     }
     if job.kind == "register" and result is not None:
         values["team_id"] = result["teamId"]
@@ -182,7 +182,7 @@ def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str) -> tupl
                 crashed = True
             if item.id == job_id and item.status in FINISHED:
                 status = item.status
-        _write_jobs(session, done)
+        _write_jobs(session, done, {j.id: j for j in batch})
     if announcements:
         ctx.publisher.announce_all(announcements, utcnow())
     if crashed:
@@ -190,13 +190,33 @@ def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str) -> tupl
     return status, len(batch)
 
 
-def _write_jobs(session: Session, done: list[dict[str, Any]]) -> None:
-    # Grouped by the columns they set, as one executemany needs the same columns in every row.
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for row in done:
-        groups.setdefault(tuple(row), []).append(row)
-    for rows in groups.values():
-        session.execute(update(Job), rows)
+# The batch's last statement. ``finished_at`` is stamped here, right before the COMMIT that makes
+# the result visible, and not when the rule ran: the outcomes of a batch all become readable at
+# once, so a job's finish is never reported earlier than anyone can read it.
+_FINISH_JOBS = text("""
+UPDATE jobs AS j
+   SET status = v.status, result = v.result, error = v.error, attempts = v.attempts,
+       started_at = v.started_at, team_id = COALESCE(v.team_id, j.team_id), finished_at = clock_timestamp()
+  FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(id uuid, status text, result jsonb, error jsonb,
+                                                     attempts int, started_at timestamptz, team_id bigint)
+ WHERE j.id = v.id
+RETURNING j.id, j.finished_at
+""")
+
+
+def _write_jobs(session: Session, done: list[dict[str, Any]], jobs: dict[uuid.UUID, Job]) -> None:
+    finished = [row for row in done if "status" in row]
+    retried = [row for row in done if "status" not in row]
+    if retried:
+        # A job whose savepoint failed stays queued with one more attempt counted.
+        session.execute(update(Job), retried)
+    if not finished:
+        return
+    rows = json.dumps([
+        {**row, "id": str(row["id"]), "started_at": iso(row["started_at"])} for row in finished
+    ])
+    for job_id, finished_at in session.execute(_FINISH_JOBS, {"rows": rows}):
+        set_committed_value(jobs[job_id], "finished_at", finished_at)
 
 
 def fail_job(ctx: WorkerContext, job_id: uuid.UUID, code: str, message: str) -> None:
@@ -207,7 +227,9 @@ def fail_job(ctx: WorkerContext, job_id: uuid.UUID, code: str, message: str) -> 
             return
         job.status = "failed"
         job.error = {"code": code, "message": message}
-        job.finished_at = utcnow()
+        job.finished_at = func.clock_timestamp()
+        session.flush()
+        session.refresh(job, ["finished_at"])
         competition = session.get(Competition, job.competition_id)
         assert competition is not None
     ctx.publisher.announce_all([Announcement(competition, job, Outbox())], utcnow())

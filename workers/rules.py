@@ -86,11 +86,7 @@ BATCH_TEAMS = "quiz.batch_teams"
 
 
 def _now(session: Session) -> datetime:
-    """The database clock, so deadlines agree across every worker host.
-
-    Read once per batch, together with the team locks: every job of the batch was queued before
-    that instant, so a deadline check against it never refuses a job sent in time.
-    """
+    """The database clock of the batch (read with the team locks), for when a box was closed."""
     now = session.info.get(BATCH_CLOCK)
     if now is None:
         now = session.info[BATCH_CLOCK] = session.scalar(select(func.clock_timestamp()))
@@ -176,10 +172,12 @@ def _require_running(competition: Competition) -> None:
         raise GameError("competition_not_running", f"the competition is {competition.state}, not running")
 
 
-def _require_active(session: Session, team: Team) -> None:
+def _require_active(team: Team, job: Job) -> None:
     if team.disqualified:
         raise GameError("team_disqualified", "the team is disqualified")
-    if team.deadline is not None and _now(session) > team.deadline:
+    # Judged by when the job was accepted, not by when a consumer gets to it: a backlog, a retry
+    # or a sweeper re-send must never turn an answer sent in time into a late one.
+    if team.deadline is not None and job.created_at > team.deadline:
         raise GameError("deadline_passed", "the team's time is up")
 
 
@@ -298,7 +296,7 @@ _INSERT_CLAIM = (
 def claim(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
     _require_running(competition)
     team = _lock_team(session, job.team_id)
-    _require_active(session, team)
+    _require_active(team, job)
     code = job.payload["questionId"]
     row = session.execute(_CLAIM_LOOKUP, {"competition_id": competition.id, "code": code,
                                           "team_id": team.id}).one_or_none()
@@ -327,7 +325,7 @@ def claim(session: Session, competition: Competition, job: Job, outbox: Outbox) 
 def submit(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
     _require_running(competition)
     team = _lock_team(session, job.team_id)
-    _require_active(session, team)
+    _require_active(team, job)
     code = job.payload["questionId"]
     row = session.execute(_SUBMIT_LOOKUP, {"competition_id": competition.id, "code": code}).one_or_none()
     if row is None:
@@ -424,7 +422,7 @@ _DRAW_MYSTERY = _draw_mystery_statement()
 def mystery_buy(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
     _require_running(competition)
     team = _lock_team(session, job.team_id)
-    _require_active(session, team)
+    _require_active(team, job)
     difficulty = job.payload["difficulty"]
     if session.scalar(select(exists().where(MysteryBox.team_id == team.id, MysteryBox.state == "open"))):
         raise GameError("mystery_already_open", "answer or forfeit your open mystery box first")

@@ -114,45 +114,50 @@ def accept_job(
         "payload": payload,
         "idempotency_key": key,
     }
-    if isinstance(competition, str):
-        inserted = session.scalar(_INSERT_JOB_BY_SLUG, {**values, "slug": competition})
-    else:
-        inserted = session.scalar(_INSERT_JOB, {**values, "competition_id": competition.id})
-    if inserted is None:
-        if isinstance(competition, str):
-            competition = get_competition(session, competition)
-        existing = session.scalar(select(Job).where(Job.owner_hash == owner_hash, Job.idempotency_key == key))
-        assert existing is not None
-        if existing.kind != kind or existing.payload != payload or existing.competition_id != competition.id:
-            raise invalid("Idempotency-Key", "this key was already used for a different request")
-        respond_with_job(resp, existing, extra=extra, replayed=True)
-        return
-    session.commit()
-    event = deps.waiter.register(str(job_id)) if wait else None
+    # Listening starts before the INSERT: once the row is committed, a consumer draining the
+    # queue may finish the job before this thread would otherwise get to subscribe.
+    ticket = deps.waiter.register(str(job_id)) if wait else None
     try:
+        if isinstance(competition, str):
+            inserted = session.scalar(_INSERT_JOB_BY_SLUG, {**values, "slug": competition})
+        else:
+            inserted = session.scalar(_INSERT_JOB, {**values, "competition_id": competition.id})
+        if inserted is None:
+            if isinstance(competition, str):
+                competition = get_competition(session, competition)
+            existing = session.scalar(select(Job).where(Job.owner_hash == owner_hash, Job.idempotency_key == key))
+            assert existing is not None
+            if existing.kind != kind or existing.payload != payload or existing.competition_id != competition.id:
+                raise invalid("Idempotency-Key", "this key was already used for a different request")
+            respond_with_job(resp, existing, extra=extra, replayed=True)
+            return
+        session.commit()
         try:
             if _needs_message(deps, queue):
                 enqueue(deps.celery, str(job_id), kind, queue)
         except Exception:
             # The job row is committed; the sweeper re-sends it once the broker is back.
             log.exception("enqueue of job %s failed; the sweeper will re-send it", job_id)
-        if event is not None:
-            event.wait(wait)
-            session.expire_all()
-            job = session.get(Job, job_id)
-            assert job is not None
-            if job.status in ("succeeded", "failed"):
+        if ticket is not None:
+            job = deps.waiter.wait(ticket, wait, lambda: _finished_job(session, job_id))
+            if job is not None:
                 resp.set_header("Preference-Applied", f"wait={wait}")
                 respond_with_job(resp, job, extra=extra, finished=True)
                 return
     finally:
-        if event is not None:
-            deps.waiter.release(str(job_id))
+        if ticket is not None:
+            deps.waiter.release(ticket)
     body = {"jobId": str(job_id), "status": "queued", "links": {"job": f"/api/v1/jobs/{job_id}"}}
     if extra:
         body.update(extra)
     resp.location = f"/api/v1/jobs/{job_id}"
     write_json(resp, body, falcon.HTTP_202)
+
+
+def _finished_job(session: Session, job_id: uuid.UUID) -> Job | None:
+    session.expire_all()
+    job = session.get(Job, job_id)
+    return job if job is not None and job.status in ("succeeded", "failed") else None
 
 
 def _needs_message(deps: Deps, queue: str) -> bool:
