@@ -84,51 +84,31 @@ def _say(message: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The stack: one list, shared by the launcher and (through tests/integration/test_compose.py)
-# docker-compose.yml.
+# The stack: processes.KINDS, shared with the tests, the benchmark and (through
+# tests/integration/test_compose.py) docker-compose.yml.
 # --------------------------------------------------------------------------------------------
 
 
-def _fallback_queues(env: Mapping[str, str]) -> list[str]:
-    boards = int(env.get("BOARD_QUEUES") or 4)
-    shards = int(env.get("MYSTERY_SHARDS") or 1)
-    return ["registrations", *(f"board.{i}" for i in range(boards)), *(f"mystery.{i}" for i in range(shards))]
+def _processes() -> Any:
+    # Imported late: the launcher runs on the standard library alone until .venv exists.
+    import processes
+
+    return processes
 
 
 def worker_queues(env: Mapping[str, str]) -> list[str]:
     """Every Celery queue; each gets exactly one single-threaded consumer (DESIGN.md, "Serial per queue")."""
-    routing = REPO / "workers" / "routing.py"
-    if not (routing.is_file() or (routing.with_suffix("") / "__init__.py").is_file()):
-        return _fallback_queues(env)
-    # Once workers.routing exists it is the authority; its errors must surface, not be papered over.
     from settings import Settings
     from workers.routing import all_queues
 
     return list(all_queues(Settings.from_env(env)))
 
 
-def celery_worker_argv(queue: str) -> list[str]:
-    return [
-        "celery", "-A", "workers.celery_app", "worker", "-Q", queue, "-c", "1", "-P", "solo",
-        "-n", f"{queue}@%h", "--without-gossip", "--without-mingle", "-l", "INFO",
-    ]  # fmt: skip
-
-
 def stack_processes(env: Mapping[str, str]) -> list[tuple[str, list[str]]]:
-    """The long-running processes of the stack as (name, argv), in start order."""
-    flower_port = env.get("FLOWER_PORT") or "5555"
-    # Flower has no login of its own, so it binds wherever the API binds: loopback on a laptop, all
-    # interfaces in a container (where compose publishes it on the host's loopback only).
-    flower_address = env.get("API_HOST") or LOOPBACK
-    processes = [("api", ["gunicorn", "-c", "web/gunicorn_conf.py", "web.wsgi:app"])]
-    processes += [(queue.replace(".", "-"), celery_worker_argv(queue)) for queue in worker_queues(env)]
-    processes += [
-        ("sweeper", ["python", "-m", "workers.sweeper"]),
-        ("realtime", ["python", "-m", "realtime"]),
-        ("flower", ["celery", "-A", "workers.celery_app", "flower",
-                    f"--port={flower_port}", f"--address={flower_address}"]),
-    ]  # fmt: skip
-    return processes
+    """The long-running processes of the stack as (name, argv), in start order (from processes.KINDS)."""
+    from settings import Settings
+
+    return [(p.name, p.argv) for p in _processes().stack(Settings.from_env(env))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -394,6 +374,10 @@ class EmbeddedServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self._lock: IO[str] | None = None
         self._log: IO[bytes] | None = None
+        self._launch_args: tuple[list[str], int, dict[str, Any]] | None = None
+        self._started = 0.0
+        self._backoff = 0.0
+        self._restart_at: float | None = None
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -433,14 +417,40 @@ class EmbeddedServer:
     def ready(self, port: int) -> bool:
         raise NotImplementedError
 
-    def _spawn(self, argv: list[str], pdeathsig: int, **kwargs: Any) -> None:
-        self._log = self.log_path.open("wb")
+    def _spawn(self, argv: list[str], pdeathsig: int, mode: str = "wb", **kwargs: Any) -> None:
+        self._launch_args = (argv, pdeathsig, kwargs)
+        self._log = self.log_path.open(mode)
         # Own process group: the terminal's Ctrl-C reaches the launcher only, which stops the app
         # first and the servers last.
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             process_group=0, preexec_fn=_parent_death_signal(pdeathsig), **kwargs,
         )  # fmt: skip
+        self._started = time.monotonic()
+
+    def revive(self, now: float) -> None:
+        """Start the server again, on the same port and data, if it died (with the app's backoff)."""
+        if self.proc is None or self._launch_args is None:
+            return
+        if self._restart_at is None:
+            if self.proc.poll() is None:
+                return
+            _killpg(self.proc.pid, signal.SIGKILL)  # a killed postmaster's backends hold its memory
+            if now - self._started >= STABLE_AFTER:
+                self._backoff = 0.0
+            self._backoff = RESTART_MIN if self._backoff == 0 else min(RESTART_MAX, self._backoff * 2)
+            self._restart_at = now + self._backoff
+            _say(f"{self.name} exited with code {self.proc.returncode}; restarting it in {self._backoff:.0f} s "
+                 f"(end of {self.log_path}):\n{_tail(self.log_path, 5)}")
+            return
+        if now < self._restart_at:
+            return
+        self._restart_at = None
+        if self._log is not None:
+            self._log.close()
+        argv, pdeathsig, kwargs = self._launch_args
+        self._spawn(argv, pdeathsig, mode="ab", **kwargs)
+        _say(f"{self.name} restarted on port {self.port}")
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -618,6 +628,11 @@ class Services:
             urls["REDIS_URL"] = self.redis.url()
         return urls
 
+    def revive(self, now: float) -> None:
+        for server in (self.postgres, self.redis):
+            if server is not None:
+                server.revive(now)
+
     def dead(self) -> str | None:
         for server in (self.postgres, self.redis):
             if server is not None and server.dead():
@@ -639,14 +654,37 @@ class Services:
 _COLOURS = (36, 33, 32, 35, 34, 31, 96, 93, 92, 95, 94, 91)
 
 
+# A process that dies is started again after RESTART_MIN seconds, doubling up to RESTART_MAX while
+# it keeps dying; one that had run STABLE_AFTER seconds starts again from the shortest delay.
+RESTART_MIN = 1.0
+RESTART_MAX = 30.0
+STABLE_AFTER = 30.0
+CRASH_WINDOW = 60.0
+CRASH_LOOP = 4  # exits within CRASH_WINDOW that make a crash loop worth shouting about
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 @dataclass
 class Child:
     name: str
+    argv: list[str]
+    env: dict[str, str]
     proc: subprocess.Popen[bytes]
     prefix: bytes
     oneshot: bool
+    restart: bool = False
+    started: float = 0.0
+    exits: list[float] = field(default_factory=list)
+    backoff: float = 0.0
+    restart_at: float | None = None
+    exit_code: int | None = None
     pending: bytes = b""
     reading: bool = True
+    stream: Any = None
 
 
 @dataclass
@@ -656,24 +694,78 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
     selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
 
-    def spawn(self, name: str, argv: Sequence[str], *, oneshot: bool = False) -> Child:
-        executable = shutil.which(argv[0], path=self.env.get("PATH"))
+    def spawn(self, name: str, argv: Sequence[str], *, oneshot: bool = False, restart: bool = False,
+              env: Mapping[str, str] | None = None) -> Child:
+        label = f"{name:<{self.width}} | "
+        if sys.stdout.isatty():
+            label = f"\x1b[{_COLOURS[len(self.children) % len(_COLOURS)]}m{label}\x1b[0m"
+        child_env = {**self.env, **(env or {})}
+        child = Child(name, list(argv), child_env, self._popen(name, argv, child_env), label.encode(), oneshot,
+                      restart, time.monotonic())
+        self.children.append(child)
+        self._watch(child)
+        return child
+
+    def _popen(self, name: str, argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        executable = shutil.which(argv[0], path=env.get("PATH"))
         if executable is None:
             raise LaunchError(f"{argv[0]} not found on PATH (needed by {name})")
         proc = subprocess.Popen(
-            [executable, *argv[1:]], cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
+            [executable, *argv[1:]], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             process_group=0, preexec_fn=_parent_death_signal(signal.SIGTERM),
         )  # fmt: skip
         assert proc.stdout is not None
         os.set_blocking(proc.stdout.fileno(), False)
-        label = f"{name:<{self.width}} | "
-        if sys.stdout.isatty():
-            label = f"\x1b[{_COLOURS[len(self.children) % len(_COLOURS)]}m{label}\x1b[0m"
-        child = Child(name, proc, label.encode(), oneshot)
-        self.children.append(child)
-        self.selector.register(proc.stdout, selectors.EVENT_READ, child)
-        return child
+        return proc
+
+    def _watch(self, child: Child) -> None:
+        assert child.proc.stdout is not None
+        child.stream, child.reading, child.pending = child.proc.stdout, True, b""
+        self.selector.register(child.stream, selectors.EVENT_READ, child)
+
+    def _unwatch(self, child: Child) -> None:
+        if child.reading:
+            self.selector.unregister(child.stream)
+            child.reading = False
+            if child.pending:
+                sys.stdout.buffer.write(child.prefix + child.pending + b"\n")
+                child.pending = b""
+        child.stream.close()
+
+    def exits(self) -> list[Child]:
+        """Long-running children that have exited and are not yet waiting for a restart."""
+        return [c for c in self.children
+                if not c.oneshot and c.restart_at is None and c.proc.poll() is not None]  # fmt: skip
+
+    def schedule_restart(self, child: Child, now: float) -> None:
+        child.exit_code = child.proc.returncode
+        # Whatever the process left in its group (a dead gunicorn master's workers still holding
+        # the port) must go before the new one starts.
+        _killpg(child.proc.pid, signal.SIGKILL)
+        if now - child.started >= STABLE_AFTER:
+            child.backoff = 0.0
+        child.backoff = RESTART_MIN if child.backoff == 0 else min(RESTART_MAX, child.backoff * 2)
+        child.exits = [t for t in child.exits if now - t < CRASH_WINDOW] + [now]
+        child.restart_at = now + child.backoff
+        _say(f"{child.name} exited with {child.exit_code}; restarting in {child.backoff:.0f} s")
+        if len(child.exits) >= CRASH_LOOP:
+            _say(f"!!! {child.name} IS IN A CRASH LOOP: it exited {len(child.exits)} times in the last "
+                 f"{CRASH_WINDOW:.0f} s; its output above says why. It is restarted every "
+                 f"{RESTART_MAX:.0f} s at most until it stays up or you stop the stack (Ctrl-C) !!!")
+
+    def restart_due(self, now: float) -> None:
+        for child in self.children:
+            if child.restart_at is None or now < child.restart_at:
+                continue
+            self._drain([child], 1.0)
+            self._unwatch(child)
+            child.proc = self._popen(child.name, child.argv, child.env)
+            child.started, child.restart_at = now, None
+            self._watch(child)
+            times = len(child.exits)
+            _say(f"{child.name} exited with {child.exit_code}; restarted ({_ordinal(times)} time in "
+                 f"{CRASH_WINDOW:.0f} s)")
 
     def pump(self, timeout: float) -> None:
         """Copy whatever the children printed to our stdout, a name in front of every line."""
@@ -687,6 +779,7 @@ class Supervisor:
             if not chunk:
                 self.selector.unregister(key.fileobj)
                 child.reading = False
+                child.stream.close()
                 if child.pending:
                     out.write(child.prefix + child.pending + b"\n")
                     child.pending = b""
@@ -703,9 +796,6 @@ class Supervisor:
             self.pump(0.2)
         self._drain([child], 2.0)
         return child.proc.returncode
-
-    def exited(self) -> Child | None:
-        return next((c for c in self.children if not c.oneshot and c.proc.poll() is not None), None)
 
     def _drain(self, children: Sequence[Child], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -843,17 +933,21 @@ def cmd_up(seed: bool) -> int:
     supervisor: Supervisor | None = None
     try:
         env = _child_env(services.start())
-        processes = stack_processes(env)
-        width = max(len(name) for name, _ in [*processes, ("migrate", [])])
+        from settings import Settings
+
+        settings = Settings.from_env(env)
+        processes = _processes().stack(settings)
+        width = max(len(p.name) for p in [*processes, *_processes().oneshots(settings)])
         supervisor = Supervisor(env, width)
-        if supervisor.run("migrate", ["python", "-m", "models.migrate"]) != 0:
-            _say("migrations failed; nothing else was started")
-            return 1
+        for step in _processes().oneshots(settings):
+            if supervisor.run(step.name, step.argv) != 0:
+                _say(f"{step.name} failed; nothing else was started")
+                return 1
         if seed and supervisor.run("seed", ["python", "-m", "models.seed"]) != 0:
             _say("seeding failed; nothing else was started")
             return 1
-        for name, argv in processes:
-            supervisor.spawn(name, argv)
+        for process in processes:
+            supervisor.spawn(process.name, process.argv, restart=process.restart, env=process.env)
         return _supervise(supervisor, services, env, seed)
     except Stop:
         _say("stopping")
@@ -873,15 +967,15 @@ def _supervise(supervisor: Supervisor, services: Services, env: Mapping[str, str
     ready = warned = False
     while True:
         supervisor.pump(0.2)
-        child = supervisor.exited()
-        if child is not None:
-            _say(f"{child.name} exited with code {child.proc.returncode}; stopping everything")
-            return 1
-        problem = services.dead()
-        if problem is not None:
-            _say(f"{problem}\nstopping everything")
-            return 1
         now = time.monotonic()
+        # Only Ctrl-C or SIGTERM stops the stack: whatever dies is started again.
+        services.revive(now)
+        for child in supervisor.exits():
+            if not child.restart:
+                _say(f"{child.name} exited with code {child.proc.returncode}; stopping everything")
+                return 1
+            supervisor.schedule_restart(child, now)
+        supervisor.restart_due(now)
         if not ready and now >= next_probe:
             next_probe = now + 0.5
             ready = _tcp_open(*realtime) and _http_ok(health)

@@ -222,20 +222,30 @@ class Stack:
 
         upgrade(self.settings())
 
+    def command(self, kind: str, queue: str | None = None, *extra: str) -> list[str]:
+        """A command line from the one table of process kinds, run from this venv."""
+        import processes
+
+        settings = self.settings()
+        if queue is not None:
+            process = processes.consumer(settings, queue)
+        else:
+            (process,) = processes.expand(processes.kind(kind), settings)
+        program = sys.executable if process.argv[0] == "python" else str(BIN / process.argv[0])
+        return [program, *process.argv[1:], *extra]
+
     def start(self) -> None:
-        self.spawn("api", "api", [str(BIN / "gunicorn"), "-c", "web/gunicorn_conf.py", "web.wsgi:app"])
+        self.spawn("api", "api", self.command("api"))
         for queue in self.queues:
-            self.spawn(f"worker-{queue}", f"worker {queue}", [
-                str(BIN / "celery"), "-A", "workers.celery_app", "worker", "-Q", queue, "-c", "1", "-P", "solo",
-                "-n", f"{queue}@%h", "--without-gossip", "--without-mingle", "-l", "WARNING",
-            ])
-        self.spawn("sweeper", "sweeper", [sys.executable, "-m", "workers.sweeper"])
+            # The last -l wins: per-job INFO lines would cost the consumers CPU under load.
+            self.spawn(f"worker-{queue}", f"worker {queue}", self.command("consumer", queue, "-l", "WARNING"))
+        self.spawn("sweeper", "sweeper", self.command("sweeper"))
         self.start_realtime(0)
 
     def start_realtime(self, index: int) -> Proc:
         env = dict(self.env, REALTIME_PORT=str(self.realtime_ports[index]))
         name = "realtime" if index == 0 else f"realtime-{index + 1}"
-        return self.spawn(name, name, [sys.executable, "-m", "realtime"], env)
+        return self.spawn(name, name, self.command("realtime"), env)
 
     def stop_proc(self, proc: Proc, timeout: float = 10.0) -> None:
         if proc.popen.poll() is None:

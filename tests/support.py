@@ -27,6 +27,7 @@ from celery import Celery
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+import processes
 from models.tables import Competition, Job, ScoreEvent, Team
 from settings import Settings
 from workers.routing import TASK_FOR_KIND
@@ -161,21 +162,32 @@ class Stack:
         process.start({**self.env, **env})
         return process
 
+    def command(self, process: processes.Process, *extra: str) -> list[str]:
+        """A process's command line from the one table (processes.KINDS), run from this venv."""
+        program = sys.executable if process.argv[0] == "python" else str(BIN / process.argv[0])
+        return [program, *process.argv[1:], *extra]
+
+    def only(self, kind: str) -> processes.Process:
+        (process,) = processes.expand(processes.kind(kind), self.settings)
+        return process
+
     def start_api(self) -> None:
         # gunicorn's default control socket is one per user ($HOME/.gunicorn/gunicorn.ctl): a
         # second gunicorn takes it over from (and on exit deletes it under) a running dev stack.
-        self.add("api", [str(BIN / "gunicorn"), "-c", "web/gunicorn_conf.py",
-                         "--control-socket", str(self.log_dir / "gunicorn.ctl"), "web.wsgi:app"])
+        self.add("api", self.command(self.only("api"), "--control-socket", str(self.log_dir / "gunicorn.ctl")))
 
     def start_realtime(self) -> None:
-        self.add("realtime", [sys.executable, "-m", "realtime"])
+        self.add("realtime", self.command(self.only("realtime")))
+
+    def start_sweeper(self) -> None:
+        self.add("sweeper", self.command(self.only("sweeper")))
 
     @contextlib.contextmanager
     def extra_realtime(self, name: str) -> Iterator[str]:
         """One more realtime server on the same Redis and database, for a test that may break it;
         yields its URL and stops it afterwards."""
         port = free_port(exclude=[self.settings.api_port, self.settings.realtime_port])
-        process = self.add(name, [sys.executable, "-m", "realtime"], REALTIME_PORT=str(port))
+        process = self.add(name, self.command(self.only("realtime")), REALTIME_PORT=str(port))
         url = f"http://127.0.0.1:{port}"
         try:
             self.wait_http(url + "/healthz")
@@ -185,13 +197,11 @@ class Stack:
             self.retired.append(self.processes.pop(name))
 
     def worker_name(self, queue: str) -> str:
-        return f"{queue}-test@{socket.gethostname()}"
+        return f"{queue}@{socket.gethostname()}"
 
     def start_worker(self, queue: str) -> None:
-        self.add(f"worker-{queue}", [
-            str(BIN / "celery"), "-A", "workers.celery_app", "worker", "-Q", queue, "-c", "1", "-P", "solo",
-            "-n", f"{queue}-test@%h", "--without-gossip", "--without-mingle", "-l", "WARNING",
-        ])
+        # The last -l wins: a test run logs only what goes wrong.
+        self.add(f"worker-{queue}", self.command(processes.consumer(self.settings, queue), "-l", "WARNING"))
 
     def worker(self, queue: str) -> Process:
         return self.processes[f"worker-{queue}"]
