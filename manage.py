@@ -5,6 +5,7 @@
     python3 manage.py test [ARGS]    python -m pytest ARGS against a real PostgreSQL and Redis
     python3 manage.py services       only PostgreSQL and Redis, until Ctrl-C
     python3 manage.py bench [ARGS]   python -m loadtests.bench ARGS with the services of `up`
+    python3 manage.py check [SLUG]   the invariant checker (python -m models.check); exits 1 on a problem
     python3 manage.py bootstrap      only create or refresh .venv
 
 Only the standard library is imported at start-up: the script creates <repo>/.venv, installs
@@ -999,11 +1000,12 @@ def _run_foreground(argv: Sequence[str], env: Mapping[str, str]) -> int:
     return 128 - code if code < 0 else code
 
 
-def cmd_foreground(profile: Profile, argv: Sequence[str]) -> int:
+def cmd_foreground(profile: Profile, argv: Sequence[str], quiet: bool = False) -> int:
     services = Services(profile, os.environ)
     try:
         urls = services.start()
-        _say(f"DATABASE_URL={_display_url(urls['DATABASE_URL'])} REDIS_URL={_display_url(urls['REDIS_URL'])}")
+        if not quiet:
+            _say(f"DATABASE_URL={_display_url(urls['DATABASE_URL'])} REDIS_URL={_display_url(urls['REDIS_URL'])}")
         return _run_foreground(argv, _child_env(urls))
     except Stop as stop:
         return 128 + stop.signum
@@ -1049,9 +1051,10 @@ def main(argv: Sequence[str]) -> int:
     commands.add_parser("test", help="python -m pytest [ARGS] against real PostgreSQL and Redis")
     commands.add_parser("services", help="only PostgreSQL and Redis, until Ctrl-C")
     commands.add_parser("bench", help="python -m loadtests.bench [ARGS] with the services of `up`")
+    commands.add_parser("check", help="check the invariants (ledger, uniqueness, stuck jobs, cache) [SLUG]")
     commands.add_parser("bootstrap", help="create or refresh .venv and stop")
     # pytest's and the bench's own options must pass through untouched, so argparse sees only the name.
-    passthrough = argv[0] in ("test", "bench") if argv else False
+    passthrough = argv[0] in ("test", "bench", "check") if argv else False
     args = parser.parse_args(argv[:1] if passthrough else argv)
     try:
         bootstrap(argv)
@@ -1062,6 +1065,8 @@ def main(argv: Sequence[str]) -> int:
         if args.command == "bench":
             _require_app([("loadtests.bench", False)])
             return cmd_foreground(UP, [sys.executable, "-m", "loadtests.bench", *argv[1:]])
+        if args.command == "check":
+            return cmd_foreground(UP, [sys.executable, "-m", "models.check", *argv[1:]], quiet=True)
         if args.command == "services":
             return cmd_services()
         return 0

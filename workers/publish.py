@@ -113,11 +113,8 @@ class Publisher:
         self.sio = BufferedRedisManager(settings.redis_url, channel=live.socketio_channel)
 
     def announce_all(self, announcements: list[Announcement], at: datetime) -> None:
-        try:
-            self._announce(announcements, at)
-        except Exception:
-            # Committed state is safe; the sweeper repairs the leaderboard cache.
-            log.exception("announcing %d job(s) failed", len(announcements))
+        # Waiting requests first: their answer is in PostgreSQL already, and every Redis round
+        # trip made before this one would be added to their latency.
         try:
             pipe = self.live.redis.pipeline(transaction=False)
             for a in announcements:
@@ -127,6 +124,11 @@ class Publisher:
             pipe.execute()
         except Exception:
             log.exception("notifying waiters failed")
+        try:
+            self._announce(announcements, at)
+        except Exception:
+            # Committed state is safe; the sweeper repairs the leaderboard cache.
+            log.exception("announcing %d job(s) failed", len(announcements))
 
     def _announce(self, announcements: list[Announcement], at: datetime) -> None:
         # 1. The cache first, so any event numbered after a change describes a leaderboard that
