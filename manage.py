@@ -469,6 +469,23 @@ class EmbeddedServer:
     def dead(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
 
+    def halt(self) -> None:
+        """Stop the server process only, keeping its port and lock, to ``resume`` it later."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(self.stop_signal)
+            if not _wait_exit(self.proc, STOP_GRACE):
+                self.proc.kill()
+                self.proc.wait()
+
+    def resume(self) -> None:
+        """Start a halted server again on the same port and data directory, and wait for it."""
+        assert self._launch_args is not None, "resume() needs a server this launcher started"
+        if self._log is not None:
+            self._log.close()
+        argv, pdeathsig, kwargs = self._launch_args
+        self._spawn(argv, pdeathsig, mode="ab", **kwargs)
+        self._wait_ready()
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(self.stop_signal)
@@ -525,7 +542,8 @@ class Postgres(EmbeddedServer):
                     raise LaunchError(f"{self.dir} belongs to uid {info.st_uid}; run as them or delete it")
                 _chown_tree(self.dir, account)
             return
-        _say(f"creating a PostgreSQL cluster in {self.dir.relative_to(REPO)} (runs as {account.name})")
+        shown = self.dir.relative_to(REPO) if self.dir.is_relative_to(REPO) else self.dir
+        _say(f"creating a PostgreSQL cluster in {shown} (runs as {account.name})")
         # initdb into a side directory and rename it into place, so an interrupted initdb never
         # leaves a half-made cluster where the next start would find it.
         scratch = self.dir.with_name(self.dir.name + ".initdb")

@@ -48,7 +48,8 @@ def _one(name: str) -> Callable[[Settings], list[dict[str, str]]]:
 
 
 def _per_queue(settings: Settings) -> list[dict[str, str]]:
-    return [{"name": queue.replace(".", "-"), "queue": queue} for queue in all_queues(settings)]
+    return [{"name": queue.replace(".", "-"), "queue": queue, "log_level": settings.log_level}
+            for queue in all_queues(settings)]
 
 
 def _flower(settings: Settings) -> list[dict[str, str]]:
@@ -64,7 +65,7 @@ KINDS: tuple[Kind, ...] = (
          "one (API_WORKERS processes x API_THREADS threads inside)", restart=True, instances=_one("api")),
     Kind("consumer",
          ("celery", "-A", "workers.celery_app", "worker", "-Q", "{queue}", "-c", "1", "-P", "solo",
-          "-n", "{queue}@%h", "--without-gossip", "--without-mingle", "-l", "INFO"),
+          "-n", "{queue}@%h", "--without-gossip", "--without-mingle", "-l", "{log_level}"),
          "exactly one per queue: registrations, board.N, mystery.N", restart=True, instances=_per_queue),
     Kind("sweeper", ("python", "-m", "workers.sweeper"), "one", restart=True, instances=_one("sweeper")),
     Kind("realtime", ("python", "-m", "realtime"), "one per Socket.IO port", restart=True,

@@ -97,6 +97,8 @@ class Settings:
     worker_batch_size: int = 50
     # Wrong answers allowed per team per minute before submissions are refused with 429.
     wrong_answer_limit: int = 30
+    # Fault tests only: a folder of failpoint files (models/failpoints.py); empty turns them off.
+    failpoints_dir: str = ""
 
     @property
     def wait_capacity(self) -> int:
@@ -152,6 +154,7 @@ class Settings:
             rate_limit_ip=_int(env, "RATE_LIMIT_IP", cls.rate_limit_ip),
             worker_batch_size=_int(env, "WORKER_BATCH_SIZE", cls.worker_batch_size, minimum=1),
             wrong_answer_limit=_int(env, "WRONG_ANSWER_LIMIT", cls.wrong_answer_limit),
+            failpoints_dir=env.get("FAILPOINTS_DIR", ""),
         )
 
     def with_overrides(self, **changes: Any) -> Settings:

@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
+from models import failpoints
 from models.db import make_autocommit_sessionmaker, make_engine, make_sessionmaker
 from models.live import Live, iso, utcnow
 from models.tables import Competition, Job
@@ -183,6 +184,7 @@ def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str) -> tupl
             if item.id == job_id and item.status in FINISHED:
                 status = item.status
         _write_jobs(session, done, {j.id: j for j in batch})
+    failpoints.pause(ctx.settings, f"consumer-after-commit.{queue}")
     if announcements:
         ctx.publisher.announce_all(announcements, utcnow())
     if crashed:

@@ -13,6 +13,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from models import failpoints
 from models.tables import Competition, Job
 from web.deps import Deps
 from web.errors import Problem, invalid
@@ -132,6 +133,7 @@ def accept_job(
             respond_with_job(resp, existing, extra=extra, replayed=True)
             return
         session.commit()
+        failpoints.pause(deps.settings, "api-after-commit")
         try:
             if _needs_message(deps, queue):
                 enqueue(deps.celery, str(job_id), kind, queue)
