@@ -359,8 +359,18 @@ class Bench:
             "cpu": self.sampler.usage(started, ended),
         }
         result.update(self._db_checks(sc, fixture, data.get("accepted", []), window_start, window_end))
+        result["invariants"] = self._invariants(fixture.slug)
         result["spectators"] = self._spectators(sc)
         return result
+
+    def _invariants(self, slug: str) -> dict[str, Any]:
+        """``manage.py check`` on the scenario's competition, as an organiser would run it."""
+        stack = self.stack
+        assert stack is not None
+        done = subprocess.run([sys.executable, "-m", "models.check", slug], cwd=REPO, env=stack.env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        problems = [line for line in done.stdout.splitlines() if line.startswith(f"{slug}: ")]
+        return {"ok": done.returncode == 0, "problems": problems or ([done.stderr[-2000:]] if done.returncode else [])}
 
     def _locust_failures(self, name: str) -> list[dict[str, Any]]:
         path = self.out / f"{name}_failures.csv"
@@ -570,8 +580,26 @@ def main(argv: list[str] | None = None) -> int:
     log.info("report: %s (%.0f s)", path, elapsed)
     if elapsed > BUDGET_SECONDS and not args.only:
         log.warning("the benchmark took %.0f s, over its %d s budget", elapsed, BUDGET_SECONDS)
-    failed = error is not None or any("error" in r for r in results)
+    unsafe = safety_failures(results)
+    for line in unsafe:
+        log.error("SAFETY CHECK FAILED: %s", line)
+    failed = error is not None or any("error" in r for r in results) or bool(unsafe)
     return 1 if failed else 0
+
+
+# Counts that must be zero in every scenario, whatever the load: each is a lost or doubled job,
+# a doubled sale or claim, or points the ledger cannot explain.
+SAFETY = ("jobs_lost", "duplicate_claims", "orphan_claims", "ledger_mismatches")
+
+
+def safety_failures(results: list[dict[str, Any]]) -> list[str]:
+    found = []
+    for r in results:
+        found += [f"{r['name']}: {key} = {r[key]}" for key in SAFETY if r.get(key)]
+        invariants = r.get("invariants")
+        if invariants is not None and not invariants["ok"]:
+            found += [f"{r['name']}: manage.py check: {p}" for p in invariants["problems"] or ["failed"]]
+    return found
 
 
 if __name__ == "__main__":

@@ -110,6 +110,12 @@ def trio(d: dict[str, Any] | None) -> str:
     return f"{ms(d['p50'])} / {ms(d['p95'])} / {ms(d['p99'])}"
 
 
+def check_cell(invariants: dict[str, Any] | None) -> str:
+    if invariants is None:
+        return "-"
+    return "ok" if invariants["ok"] else "**" + "; ".join(invariants["problems"])[:300] + "**"
+
+
 def cpu_cell(cpu: dict[str, float]) -> str:
     if not cpu:
         return "-"
@@ -316,12 +322,12 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
         "CPU is the average over the scenario in % of one core (200 = the whole machine).")
     add("")
     add("| scenario | users | duration | requests/s | jobs completed/s | HTTP accept | POST-to-job-finished "
-        "| commit-to-event | failures | duplicate claims | jobs lost | ledger mismatches | CPU % |")
-    add("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        "| commit-to-event | failures | duplicate claims | jobs lost | ledger mismatches | `manage.py check` | CPU % |")
+    add("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
             add(f"| {r['title']} | {r['users']} | {r['seconds']} s | **failed to run: {r['error'][:200]}** "
-                "| | | | | | | | | |")
+                "| | | | | | | | | | |")
             continue
         spect = r.get("spectators")
         users = f"{r['users']}" + (f" + {spect['clients']:,} sockets" if spect else "")
@@ -330,7 +336,8 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
         fail_cell = f"{failures}" + (f" ({r['http_failures']} HTTP, {r['job_failures']} job)" if failures else "")
         add(f"| {r['title']} | {users} | {r['seconds']} s | {r['requests_per_s']:.0f} | {r['jobs_per_s']:.0f} "
             f"| {trio(r['accept'])} | {trio(r['job'])} | {event} | {fail_cell} | {r['duplicate_claims']} "
-            f"| {r['jobs_lost']} | {r['ledger_mismatches']} | {cpu_cell(r['cpu'])} |")
+            f"| {r['jobs_lost']} | {r['ledger_mismatches']} | {check_cell(r.get('invariants'))} "
+            f"| {cpu_cell(r['cpu'])} |")
     add("")
 
     add("## Against the system we replace")

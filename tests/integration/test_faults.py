@@ -31,6 +31,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -318,6 +319,26 @@ def game(stack: Stack) -> Iterator[Game]:
         spectator.close()
 
 
+def recovered(stack: Stack, g: Game, what: str) -> float:
+    """Seconds from the end of a fault until every job accepted up to then has finished.
+
+    Printed (``-s``) for the README's "When something fails" table.
+    """
+    ended = datetime.now(UTC)
+    started = time.monotonic()
+
+    def cleared() -> bool:
+        with stack.engine.connect() as conn:
+            return not conn.scalar(select(Job.id).where(
+                Job.competition_id == g.competition_id, Job.status.in_(("queued", "running")),
+                Job.created_at <= ended).limit(1))
+
+    wait_until(cleared, 120, 0.1, f"the jobs accepted before the end of the fault ({what})")
+    took = time.monotonic() - started
+    print(f"\nrecovery after {what}: {took:.1f} s", flush=True)
+    return took
+
+
 def settle(g: Game, seconds: float = 4.0) -> None:
     """Let the load run on after a fault, then stop it and let every player finish its write."""
     before = len(g.tally.jobs)
@@ -418,6 +439,7 @@ def test_a_consumer_killed_with_its_batch_uncommitted(stack: Stack) -> None:
             (queue,) = _ids(stack, select(Job.queue).where(Job.team_id == victim.id, Job.status == "queued"))
             stack.launcher.process("-Q", queue).kill()
             transaction.rollback()
+        recovered(stack, g, "a consumer killed mid-batch")
         settle(g)
         verify(stack, g)
     assert f"{queue.replace('.', '-')} exited with -9; restarted" in stack.launcher.output()
@@ -438,6 +460,7 @@ def test_a_consumer_killed_after_its_commit_before_its_ack_and_announcements(sta
             consumer.kill()
         finally:
             point.unlink()
+        recovered(stack, g, "a consumer killed after its commit")
         settle(g)
         verify(stack, g)
     assert "board-0 exited with -9; restarted" in stack.launcher.output()
@@ -453,6 +476,7 @@ def test_redis_lost_with_its_data(stack: Stack, servers: Servers) -> None:
             time.sleep(1)
         finally:
             servers.redis.resume()  # empty: the broker's queues, flags and caches are gone
+        recovered(stack, g, "Redis lost with its data")
         wait_until(lambda: _ready(stack), 60, 0.5, "the API to be ready again")
         settle(g)
         verify(stack, g)
@@ -466,6 +490,7 @@ def test_a_fast_postgresql_restart(stack: Stack, servers: Servers) -> None:
             time.sleep(1)
         finally:
             servers.postgres.resume()
+        recovered(stack, g, "a PostgreSQL restart")
         wait_until(lambda: _ready(stack), 60, 0.5, "the API to be ready again")
         settle(g)
         verify(stack, g)
@@ -490,6 +515,7 @@ def test_the_api_killed_between_its_commit_and_its_enqueue(stack: Stack) -> None
             os.killpg(api.pid, signal.SIGKILL)  # the master and its workers: an OOM kill of the lot
         finally:
             point.unlink()
+        recovered(stack, g, "the API killed between commit and enqueue")
         settle(g)
         verify(stack, g, extra_jobs=len(names))
     with stack.engine.connect() as conn:
@@ -513,6 +539,7 @@ def test_the_whole_stack_stopped_and_started_again(stack: Stack) -> None:
     with game(stack) as g:
         assert stack.launcher.stop() == 0
         stack.launcher.start()
+        recovered(stack, g, "the stack stopped and started")
         settle(g)
         verify(stack, g)
 
