@@ -152,6 +152,20 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> str | None:
     return status
 
 
+def drain(ctx: WorkerContext, queue: str) -> int:
+    """Apply every job waiting on ``queue``; returns how many were taken.
+
+    A consumer does this when it starts, so the jobs of a predecessor that crashed, or whose
+    messages are still unacknowledged in the broker, do not wait for the next message.
+    """
+    total = 0
+    while True:
+        _, taken = _run_batch(ctx, None, queue)
+        total += taken
+        if taken < ctx.settings.worker_batch_size:
+            return total
+
+
 def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str) -> tuple[str | None, int]:
     """One transaction over the named job (if any) and the oldest waiting jobs of the queue.
 

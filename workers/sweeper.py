@@ -37,9 +37,20 @@ class Sweeper:
         self.live = live
         self.celery = celery
         self._resent: dict[str, float] = {}
+        self._swept = False
 
-    def resend_stale_jobs(self) -> int:
-        cutoff = utcnow() - timedelta(seconds=self.settings.sweep_after)
+    def redis_was_emptied(self) -> bool:
+        """Whether Redis lost its data since the last sweep (restarted without persistence).
+
+        A marker key lives as long as Redis's data does; finding it gone means every message the
+        broker held went with it, so every unfinished job is re-sent at once, not after SWEEP_AFTER.
+        """
+        created = bool(self.live.redis.set(f"{self.live.prefix}:sweeper:alive", "1", nx=True))
+        first, self._swept = not self._swept, True
+        return created and not first
+
+    def resend_stale_jobs(self, everything: bool = False) -> int:
+        cutoff = utcnow() - timedelta(seconds=0 if everything else self.settings.sweep_after)
         with self.sessions() as session:
             stale = session.execute(
                 select(Job.id, Job.kind, Job.queue)
@@ -54,7 +65,7 @@ class Sweeper:
         sent = 0
         for job_id, kind, queue in stale:
             key = str(job_id)
-            if now - self._resent.get(key, -backoff) < backoff:
+            if not everything and now - self._resent.get(key, -backoff) < backoff:
                 continue
             enqueue(self.celery, key, kind, queue)
             self._resent[key] = now
@@ -75,7 +86,10 @@ class Sweeper:
         return len(competitions)
 
     def sweep_once(self) -> None:
-        self.resend_stale_jobs()
+        emptied = self.redis_was_emptied()
+        if emptied:
+            log.warning("Redis lost its data: re-sending every unfinished job now")
+        self.resend_stale_jobs(everything=emptied)
         self.refresh_leaderboards()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
+from typing import Any
 
 import redis.exceptions
 from celery import Task
@@ -16,7 +17,7 @@ from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from workers.celery_app import app
-from workers.jobs import JobCrashed, WorkerContext, fail_job, run_job
+from workers.jobs import JobCrashed, WorkerContext, drain, fail_job, run_job
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,22 @@ def _reset_after_fork(**_: object) -> None:
 
 
 @worker_ready.connect
-def _warm_up(**_: object) -> None:
+def _warm_up(sender: Any = None, **_: object) -> None:
     # Connect before the first job arrives, so its latency is not the pool's start-up.
     with context().engine.connect():
         pass
     context().live.redis.ping()
+    # Whatever a crashed predecessor left is applied now, not when the next message or the
+    # sweeper comes (its own messages wait for the broker's visibility timeout).
+    queues = list(sender.app.amqp.queues.consume_from) if sender is not None else []
+    for queue in queues:
+        try:
+            taken = drain(context(), queue)
+        except Exception:
+            log.exception("could not drain %s at start-up; its next message or the sweeper will", queue)
+            continue
+        if taken:
+            log.warning("applied %d job(s) left waiting on %s", taken, queue)
 
 
 class JobTask(Task):

@@ -30,6 +30,7 @@ from tests.support import (
     register_teams,
     send,
     token_digest,
+    unique,
     wait_until,
 )
 from workers.jobs import WorkerContext, run_job
@@ -261,3 +262,50 @@ def test_jobs_committed_while_the_queue_is_awake_need_no_message_of_their_own(
         assert teams[0][0] == count
     finally:
         live.redis.close()
+
+
+def test_sweeper_resends_every_unfinished_job_at_once_when_redis_lost_its_data(
+        api: Api, db: Db, settings: Settings, competition: dict[str, Any]) -> None:
+    competition_id = db.competition(competition["slug"]).id
+    token = "after-the-flood-" + uuid.uuid4().hex
+    sent: list[str] = []
+
+    class Recording:
+        def send_task(self, name: str, kwargs: dict[str, Any], queue: str) -> None:
+            sent.append(kwargs["job_id"])
+
+    live = Live(settings)
+    try:
+        recording: Any = Recording()
+        # An hour before a job counts as lost: only the flood can make this sweeper send it.
+        sweeper = Sweeper(settings.with_overrides(sweep_after=3600.0), make_sessionmaker(db.engine), live, recording)
+        sweeper.sweep_once()
+        job_id = insert_job(db, competition_id=competition_id, kind="register", queue=unique("flooded"),
+                            token=token, payload={"teamName": "Flood", "members": [], "email": None}, team_id=None)
+        sweeper.sweep_once()
+        assert job_id not in sent
+        live.redis.delete(f"{settings.redis_prefix}:sweeper:alive")  # as a Redis restarted empty leaves it
+        sweeper.sweep_once()
+        assert job_id in sent
+        sent.clear()
+        sweeper.sweep_once()
+        assert job_id not in sent  # once, not every sweep
+    finally:
+        live.redis.close()
+
+
+def test_a_consumer_that_starts_applies_what_waits_on_its_queue(api: Api, db: Db, settings: Settings,
+                                                                stack: Stack) -> None:
+    slug = api.create_competition()["slug"]
+    competition_id = db.competition(slug).id
+    api.add_questions(slug, questions(1))
+    team = api.register(slug)
+    queue = board_queue(settings, competition_id, "Q1")
+    stack.worker(queue).stop()
+    # A claim committed while the queue's consumer was down, its message lost: nothing will ever
+    # deliver it but the consumer's own start (the sweeper is not running in this stack).
+    job_id = insert_job(db, competition_id=competition_id, kind="claim", queue=queue, token=team.token,
+                        payload={"questionId": "Q1"}, team_id=team.id, age_seconds=1)
+    stack.start_worker(queue)
+    rows = db.wait_jobs([job_id], timeout=60)
+    assert rows[job_id].status == "succeeded"
