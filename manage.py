@@ -965,6 +965,9 @@ def cmd_up(seed: bool) -> int:
         if seed and supervisor.run("seed", ["python", "-m", "models.seed"]) != 0:
             _say("seeding failed; nothing else was started")
             return 1
+        if settings.realtime_processes > 1 and shutil.which("haproxy", path=env.get("PATH")) is None:
+            raise LaunchError("more than one realtime process needs HAProxy in front: apt-get install haproxy")
+        _processes().prepare(settings)
         for process in processes:
             supervisor.spawn(process.name, process.argv, restart=process.restart, env=process.env)
         return _supervise(supervisor, services, env, seed)
@@ -1066,6 +1069,8 @@ def main(argv: Sequence[str]) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     up = commands.add_parser("up", help="run the whole stack until Ctrl-C")
     up.add_argument("--seed", action="store_true", help="create the demo competition first")
+    up.add_argument("--realtime", type=int, metavar="N",
+                    help="N Socket.IO processes behind HAProxy on REALTIME_PORT (sets REALTIME_PROCESSES)")
     commands.add_parser("test", help="python -m pytest [ARGS] against real PostgreSQL and Redis")
     commands.add_parser("services", help="only PostgreSQL and Redis, until Ctrl-C")
     commands.add_parser("bench", help="python -m loadtests.bench [ARGS] with the services of `up`")
@@ -1077,6 +1082,10 @@ def main(argv: Sequence[str]) -> int:
     try:
         bootstrap(argv)
         if args.command == "up":
+            if args.realtime is not None:
+                if args.realtime < 1:
+                    raise LaunchError("--realtime needs 1 or more processes")
+                os.environ["REALTIME_PROCESSES"] = str(args.realtime)
             return cmd_up(args.seed)
         if args.command == "test":
             return cmd_foreground(TEST, [sys.executable, "-m", "pytest", *argv[1:]])

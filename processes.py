@@ -11,8 +11,11 @@ consumer kind has one instance per queue, never more.
 
 from __future__ import annotations
 
+import resource
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from settings import Settings
 from workers.routing import all_queues
@@ -52,6 +55,76 @@ def _per_queue(settings: Settings) -> list[dict[str, str]]:
             for queue in all_queues(settings)]
 
 
+def backend_port(settings: Settings, index: int) -> int:
+    """The loopback port of realtime process ``index`` when a balancer fronts several."""
+    return (settings.realtime_backend_port or settings.realtime_port + 1) + index
+
+
+def _realtime(settings: Settings) -> list[dict[str, str]]:
+    if settings.realtime_processes == 1:
+        return [{"name": "realtime"}]
+    return [
+        {"name": f"realtime-{i}", "env.REALTIME_HOST": "127.0.0.1", "env.REALTIME_PORT": str(backend_port(settings, i))}
+        for i in range(settings.realtime_processes)
+    ]
+
+
+def _balancer(settings: Settings) -> list[dict[str, str]]:
+    if settings.realtime_processes == 1:
+        return []
+    return [{"name": "balancer", "config": str(balancer_config_path(settings))}]
+
+
+def balancer_config_path(settings: Settings) -> Path:
+    return Path(tempfile.gettempdir()) / f"quiz-realtime-{settings.realtime_port}.haproxy.cfg"
+
+
+def balancer_config(settings: Settings) -> str:
+    """HAProxy in front of the realtime processes.
+
+    Engine.IO's long-polling transport sends each client's requests as separate HTTP requests,
+    which must all reach the process that holds the session: the first answer sets a cookie
+    naming the process, and the client sends it back (browsers and python-socketio do).
+    WebSockets pass through as tunnels. A process that stops answering /healthz is taken out.
+    """
+    servers = "\n".join(
+        f"    server realtime-{i} 127.0.0.1:{backend_port(settings, i)} check inter 2s fall 2 rise 1 cookie r{i}"
+        for i in range(settings.realtime_processes)
+    )
+    # Each proxied connection holds two descriptors; HAProxy refuses to start above the limit.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    maxconn = 100_000 if hard == resource.RLIM_INFINITY else max(1000, (hard - 200) // 2)
+    return f"""# Written by processes.py for REALTIME_PROCESSES={settings.realtime_processes}; do not edit.
+global
+    maxconn {maxconn}
+
+defaults
+    mode http
+    timeout connect 5s
+    # Above Engine.IO's ping interval + timeout (25 s + 20 s), so an idle poll is not cut.
+    timeout client 60s
+    timeout server 60s
+    timeout tunnel 1h
+    timeout http-request 10s
+
+frontend realtime
+    bind {settings.realtime_host}:{settings.realtime_port}
+    default_backend realtime
+
+backend realtime
+    balance roundrobin
+    cookie QUIZRT insert indirect nocache httponly
+    option httpchk GET /healthz
+{servers}
+"""
+
+
+def prepare(settings: Settings) -> None:
+    """Write the files the stack's processes read at start (the balancer's configuration)."""
+    if settings.realtime_processes > 1:
+        balancer_config_path(settings).write_text(balancer_config(settings))
+
+
 def _flower(settings: Settings) -> list[dict[str, str]]:
     # Flower has no login of its own, so it binds wherever the API binds: loopback on a laptop,
     # all interfaces in a container (where compose publishes it on the host's loopback only).
@@ -68,8 +141,9 @@ KINDS: tuple[Kind, ...] = (
           "-n", "{queue}@%h", "--without-gossip", "--without-mingle", "-l", "{log_level}"),
          "exactly one per queue: registrations, board.N, mystery.N", restart=True, instances=_per_queue),
     Kind("sweeper", ("python", "-m", "workers.sweeper"), "one", restart=True, instances=_one("sweeper")),
-    Kind("realtime", ("python", "-m", "realtime"), "one per Socket.IO port", restart=True,
-         instances=_one("realtime")),
+    Kind("realtime", ("python", "-m", "realtime"), "REALTIME_PROCESSES (1)", restart=True, instances=_realtime),
+    Kind("balancer", ("haproxy", "-W", "-db", "-f", "{config}"),
+         "one when REALTIME_PROCESSES > 1, else none", restart=True, instances=_balancer),
     Kind("flower", ("celery", "-A", "workers.celery_app", "flower", "--port={port}", "--address={address}"),
          "one", restart=True, instances=_flower),
 )  # fmt: skip
@@ -81,7 +155,8 @@ def kind(name: str) -> Kind:
 
 def expand(k: Kind, settings: Settings) -> list[Process]:
     return [
-        Process(values["name"], k.name, [part.format(**values) for part in k.command], k.restart)
+        Process(values["name"], k.name, [part.format(**values) for part in k.command], k.restart,
+                {key[4:]: value for key, value in values.items() if key.startswith("env.")})
         for values in k.instances(settings)
     ]
 

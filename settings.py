@@ -71,6 +71,11 @@ class Settings:
     realtime_host: str = "127.0.0.1"
     realtime_port: int = 8001
     realtime_async_mode: str = "eventlet"
+    # Socket.IO processes; with more than one, HAProxy listens on REALTIME_PORT and spreads
+    # clients over them (sticky by cookie), each on REALTIME_BACKEND_PORT + i (default
+    # REALTIME_PORT + 1 + i) on loopback.
+    realtime_processes: int = 1
+    realtime_backend_port: int = 0
     flower_port: int = 5555
     log_level: str = "INFO"
     db_pool_size: int = 10
@@ -137,6 +142,8 @@ class Settings:
             realtime_host=env.get("REALTIME_HOST", cls.realtime_host),
             realtime_port=_int(env, "REALTIME_PORT", cls.realtime_port, minimum=1),
             realtime_async_mode=async_mode,
+            realtime_processes=_int(env, "REALTIME_PROCESSES", cls.realtime_processes, minimum=1),
+            realtime_backend_port=_int(env, "REALTIME_BACKEND_PORT", cls.realtime_backend_port),
             flower_port=_int(env, "FLOWER_PORT", cls.flower_port, minimum=1),
             log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
             db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size, minimum=1),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -164,7 +165,13 @@ class Stack:
 
     def command(self, process: processes.Process, *extra: str) -> list[str]:
         """A process's command line from the one table (processes.KINDS), run from this venv."""
-        program = sys.executable if process.argv[0] == "python" else str(BIN / process.argv[0])
+        if process.argv[0] == "python":
+            program = sys.executable
+        elif (BIN / process.argv[0]).exists():
+            program = str(BIN / process.argv[0])
+        else:
+            program = shutil.which(process.argv[0], path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") or ""
+            assert program, f"{process.argv[0]} is not installed (needed by {process.name})"
         return [program, *process.argv[1:], *extra]
 
     def only(self, kind: str) -> processes.Process:
@@ -195,6 +202,38 @@ class Stack:
         finally:
             process.stop()
             self.retired.append(self.processes.pop(name))
+
+    @contextlib.contextmanager
+    def balanced_realtime(self, count: int) -> Iterator[str]:
+        """``count`` more realtime servers behind HAProxy, as ``manage.py up --realtime N`` runs
+        them (from the same table); yields the balancer's URL and stops them all afterwards."""
+        port = free_port(exclude=[self.settings.api_port, self.settings.realtime_port])
+        backends = free_port(exclude=[self.settings.api_port, self.settings.realtime_port, port])
+        settings = self.settings.with_overrides(realtime_port=port, realtime_processes=count,
+                                                realtime_backend_port=backends)
+        processes.prepare(settings)
+        started = []
+        for kind in ("realtime", "balancer"):
+            for process in processes.expand(processes.kind(kind), settings):
+                started.append(self.add(f"balanced-{process.name}", self.command(process), **process.env))
+        try:
+            for i in range(count):
+                self.wait_http(f"http://127.0.0.1:{processes.backend_port(settings, i)}/healthz")
+            self.wait_http(f"http://127.0.0.1:{port}/healthz")
+
+            def balancer_sends_to(index: int) -> bool:
+                # A cookie for a server HAProxy does not yet count as up is answered by another,
+                # which sets its own cookie instead.
+                resp = requests.get(f"http://127.0.0.1:{port}/healthz", cookies={"QUIZRT": f"r{index}"}, timeout=2)
+                return resp.status_code == 200 and resp.cookies.get("QUIZRT") in (None, f"r{index}")
+
+            for i in range(count):
+                wait_until(lambda i=i: balancer_sends_to(i), 30, 0.2, f"HAProxy to count realtime-{i} as up")
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            for process in started:
+                process.stop()
+                self.retired.append(self.processes.pop(process.name))
 
     def worker_name(self, queue: str) -> str:
         return f"{queue}@{socket.gethostname()}"
