@@ -7,11 +7,11 @@ app against this document and checks every response against them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import falcon
 import msgspec
-from msgspec import UNSET, UnsetType
+from msgspec import UNSET, Meta, UnsetType
 
 from web import schemas as s
 
@@ -54,8 +54,10 @@ class JobView(Out):
     job_id: str
     kind: str
     status: Literal["queued", "running", "succeeded", "failed"]
-    created_at: str | None
-    finished_at: str | None
+    created_at: Annotated[str | None, Meta(description="When the API accepted the job; deadlines are judged by it")]
+    finished_at: Annotated[str | None, Meta(description=(
+        "When the result became visible: the database clock at the last statement of the consumer's "
+        "transaction, right before its COMMIT"))]
     links: JobLinks
     result: dict[str, Any] | UnsetType = UNSET
     error: JobError | UnsetType = UNSET
@@ -265,7 +267,8 @@ CURSOR = {"name": "cursor", "in": "query", "required": False, "schema": {"type":
           "description": "The nextCursor of the previous page"}
 FORMAT = {"name": "format", "in": "query", "required": False, "schema": {"enum": ["json", "csv"]}}
 PREFER = {"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string"},
-          "description": "`wait=N` (N <= 10): wait up to N seconds and answer 200 with the finished job",
+          "description": "`wait=N` (N <= 10): wait up to N seconds and answer 200 with the finished job; "
+                         "202 at once when the API process already has MAX_WAITERS waiting requests",
           "example": "wait=5"}
 IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
