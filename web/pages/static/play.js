@@ -1,0 +1,568 @@
+// The team page: register, the live board, claim and answer, mystery boxes, points and time.
+// Every write is a job; its result comes back as a `job_update` on the team's Socket.IO room
+// (with a poll of the job as a fallback if the event is late).
+(() => {
+  "use strict";
+
+  const config = JSON.parse(document.getElementById("config").textContent);
+  const $ = (id) => document.getElementById(id);
+  const numbers = new Intl.NumberFormat();
+  const STORE = `quiz:${config.competition}:team`;
+  const QUESTIONS = `quiz:${config.competition}:questions`;
+  const FLASH = `quiz:${config.competition}:flash`;
+  const DIFFICULTIES = ["EASY", "MEDIUM", "HARD"];
+  const STATE_NAMES = {
+    draft: "Not started", open: "Registration open", running: "Running",
+    paused: "Paused", finished: "Finished",
+  };
+  // Refused jobs, in plain words. The server's own message is shown for anything not here.
+  const REFUSALS = {
+    question_already_claimed: "Another team got there first.",
+    claim_limit_reached: "You already hold as many questions as you may. Answer one first.",
+    question_not_found: "That question is not on the board.",
+    question_not_claimed: "Claim the question before answering it.",
+    already_answered: "Your team has already answered this question.",
+    claim_expired: "You held that question too long, so it went back to the board.",
+    insufficient_points: "Your team has not got enough points for that.",
+    no_mystery_left: "There are no mystery boxes of that kind left.",
+    mystery_already_open: "Answer or forfeit your open mystery box first.",
+    no_open_mystery_box: "You have no open mystery box.",
+    competition_not_running: "The competition is not running right now.",
+    deadline_passed: "Your team's time is up.",
+    team_disqualified: "Your team has been disqualified.",
+    registration_closed: "Registration is closed.",
+    registration_code_invalid: "That registration code is not right. Ask the organisers for it.",
+    team_name_taken: "Another team already has that name. Pick another one.",
+  };
+  const FIELDS = {
+    teamName: "Team name", members: "Members", email: "Email", registrationCode: "Registration code",
+    answer: "Answer", questionId: "Question",
+  };
+
+  const team = load(STORE);
+  let questionTexts = load(QUESTIONS) || {};
+  let competition = null;
+  let me = null;
+  let board = new Map(); // questionId -> {questionId, points, difficulty, category, claimed}
+  let current = null; // {questionId, question, options, points, mystery}
+  let deadlineAt = null; // this browser's clock
+  let lastSeq = 0;
+  let socket = null;
+  const waiting = new Map(); // jobId -> resolve
+  const arrived = new Map(); // jobId -> job, for updates that beat the POST's response
+
+  function load(key) {
+    try { return JSON.parse(localStorage.getItem(key)); } catch (err) { return null; }
+  }
+  function save(key, value) {
+    try { localStorage.setItem(key, JSON.stringify(value)); } catch (err) { /* private mode */ }
+  }
+
+  // -- messages -------------------------------------------------------------------------------
+
+  function say(text, kind) {
+    const box = $("message");
+    box.textContent = text;
+    box.className = `message ${kind || "info"}`;
+    box.hidden = false;
+  }
+
+  function refusal(error) {
+    if (!error) return "That did not work.";
+    if (error.code === "question_already_claimed" && /your team/i.test(error.message || "")) {
+      return "Your team already holds this question.";
+    }
+    return REFUSALS[error.code] || error.message || error.code;
+  }
+
+  class Refused extends Error {}
+
+  async function problemText(resp) {
+    let body = {};
+    try { body = await resp.json(); } catch (err) { /* not JSON */ }
+    if (resp.status === 429) {
+      const wait = resp.headers.get("Retry-After");
+      return `Too many tries. Wait ${wait ? `${wait} seconds` : "a moment"} and try again.`;
+    }
+    if (resp.status === 503) return "The quiz server is busy. Try again in a moment.";
+    if (Array.isArray(body.errors) && body.errors.length) {
+      return body.errors.map((e) => `${FIELDS[e.field] || e.field}: ${e.message}`).join(". ");
+    }
+    return body.detail || body.title || `The server answered ${resp.status}.`;
+  }
+
+  // -- HTTP -----------------------------------------------------------------------------------
+
+  function headers(extra) {
+    const h = { Accept: "application/json", ...extra };
+    if (team) h.Authorization = `Bearer ${team.token}`;
+    return h;
+  }
+
+  async function getJson(path) {
+    const resp = await fetch(path, { headers: headers() });
+    if (resp.status === 401 && team) { forget("This device's team is not known here any more. Register again."); }
+    if (!resp.ok) throw new Refused(await problemText(resp));
+    return resp.json();
+  }
+
+  // A write: POST (or DELETE) makes a job; its result comes by job_update.
+  async function act(method, path, body) {
+    const init = { method, headers: headers(body ? { "Content-Type": "application/json" } : {}) };
+    if (body) init.body = JSON.stringify(body);
+    const resp = await fetch(config.api + path, init);
+    if (resp.status === 401) { forget("This device's team is not known here any more. Register again."); }
+    if (resp.status !== 200 && resp.status !== 202) throw new Refused(await problemText(resp));
+    const job = await resp.json();
+    const done = job.status === "succeeded" || job.status === "failed" ? job : await waitJob(job.jobId);
+    if (done.status === "failed") throw new Refused(refusal(done.error));
+    return done.result;
+  }
+
+  function waitJob(jobId) {
+    if (arrived.has(jobId)) {
+      const job = arrived.get(jobId);
+      arrived.delete(jobId);
+      return Promise.resolve(job);
+    }
+    return new Promise((resolve) => {
+      waiting.set(jobId, resolve);
+      // The event should come within a second; if the socket is down, ask.
+      const poll = async (delay) => {
+        await new Promise((r) => setTimeout(r, delay));
+        if (!waiting.has(jobId)) return;
+        try {
+          const job = await getJson(`/api/v1/jobs/${jobId}`);
+          if (job.status === "succeeded" || job.status === "failed") { finishJob(job); return; }
+        } catch (err) { /* try again */ }
+        poll(Math.min(delay * 2, 5000));
+      };
+      poll(3000);
+    });
+  }
+
+  function finishJob(job) {
+    const resolve = waiting.get(job.jobId);
+    if (resolve) { waiting.delete(job.jobId); resolve(job); return; }
+    arrived.set(job.jobId, job);
+    if (arrived.size > 50) arrived.delete(arrived.keys().next().value);
+  }
+
+  // Buttons stay disabled while their job runs, so a double tap is one job.
+  async function busy(button, work) {
+    if (button) button.disabled = true;
+    try {
+      return await work();
+    } catch (err) {
+      say(err instanceof Refused ? err.message : "No connection to the quiz server. Try again.", "error");
+      return undefined;
+    } finally {
+      if (button) button.disabled = false;
+      render();
+    }
+  }
+
+  // -- registration -----------------------------------------------------------------------------
+
+  function codeRequired(c) {
+    return Boolean(c && (c.registrationCodeRequired || c.requiresRegistrationCode || c.registrationCode === true));
+  }
+
+  let registrationKey = null;
+  let registrationBody = null;
+
+  function randomKey() {
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  async function register(event) {
+    event.preventDefault();
+    const form = $("register-form");
+    if (!form.reportValidity()) return;
+    const body = { teamName: $("team-name-input").value.trim() };
+    const members = $("members-input").value.split(",").map((m) => m.trim()).filter(Boolean);
+    if (members.length) body.members = members;
+    const email = $("email-input").value.trim();
+    if (email) body.email = email;
+    const code = $("code-input").value.trim();
+    if (code) body.registrationCode = code;
+    // A retry of the same form after a lost answer gets the same job, not a second team.
+    const text = JSON.stringify(body);
+    if (text !== registrationBody) { registrationKey = randomKey(); registrationBody = text; }
+    await busy($("register-button"), async () => {
+      const resp = await fetch(`${config.api}/teams`, {
+        method: "POST",
+        headers: { Accept: "application/json", "Content-Type": "application/json", Prefer: "wait=10",
+                   "Idempotency-Key": registrationKey },
+        body: text,
+      });
+      if (resp.status !== 200 && resp.status !== 202) throw new Refused(await problemText(resp));
+      const accepted = await resp.json();
+      let job = accepted;
+      while (job.status !== "succeeded" && job.status !== "failed") {
+        await new Promise((r) => setTimeout(r, 1000));
+        const poll = await fetch(`/api/v1/jobs/${accepted.jobId}`,
+          { headers: { Accept: "application/json", Authorization: `Bearer ${accepted.teamToken}` } });
+        if (poll.ok) job = await poll.json();
+      }
+      if (job.status === "failed") {
+        registrationKey = null;
+        registrationBody = null;
+        if (job.error && job.error.code === "registration_code_invalid") $("code-field").hidden = false;
+        throw new Refused(refusal(job.error));
+      }
+      save(STORE, { token: accepted.teamToken, teamName: job.result.teamName });
+      // A fresh start with the token: the socket joins the team's room on connect.
+      window.location.reload();
+    });
+  }
+
+  function forget(text) {
+    localStorage.removeItem(STORE);
+    localStorage.removeItem(QUESTIONS);
+    if (socket) socket.disconnect();
+    // Said after the reload, on the registration form.
+    if (text) sessionStorage.setItem(FLASH, text);
+    window.location.reload();
+  }
+
+  // -- reads --------------------------------------------------------------------------------------
+
+  async function loadCompetition() {
+    competition = await getJson(config.api);
+    if (codeRequired(competition)) $("code-field").hidden = false;
+  }
+
+  async function loadBoard() {
+    const next = new Map();
+    let cursor = null;
+    do {
+      const page = await getJson(`${config.api}/questions?limit=200${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+      for (const q of page.items) next.set(q.questionId, q);
+      cursor = page.nextCursor;
+    } while (cursor);
+    board = next;
+  }
+
+  async function loadMe() {
+    me = await getJson(`${config.api}/teams/me`);
+    setDeadline(me.remainingSeconds);
+    const box = me.openMysteryBox;
+    if (box) {
+      current = { questionId: box.mysteryQuestionId, question: box.question, options: box.options,
+                  points: box.potentialPoints, difficulty: box.difficulty, mystery: true };
+    } else if (current && current.mystery) {
+      current = null;
+    }
+  }
+
+  async function refresh() {
+    try {
+      await Promise.all([loadCompetition(), team ? loadBoard() : null, team ? loadMe() : null]);
+    } catch (err) {
+      say(err instanceof Refused ? err.message : "No connection to the quiz server. Retrying.", "error");
+    }
+    render();
+  }
+
+  function setDeadline(remainingSeconds) {
+    deadlineAt = typeof remainingSeconds === "number" ? Date.now() + remainingSeconds * 1000 : null;
+    updateClock();
+  }
+
+  // -- actions --------------------------------------------------------------------------------
+
+  function claimedByMe(code) {
+    return me && me.claims.find((c) => c.questionId === code);
+  }
+
+  async function claim(code, button) {
+    await busy(button, async () => {
+      const result = await act("POST", "/claims", { questionId: code });
+      questionTexts[code] = { question: result.question, options: result.options, points: result.points };
+      save(QUESTIONS, questionTexts);
+      current = { questionId: code, question: result.question, options: result.options, points: result.points,
+                  mystery: false };
+      if (me && !claimedByMe(code)) me.claims.push({ questionId: code, points: result.points, answered: false });
+      const q = board.get(code);
+      if (q) q.claimed = true;
+      say(`${code} is yours. Answer it below.`, "ok");
+      render();
+      $("current-title").focus();
+    });
+  }
+
+  function openQuestion(code) {
+    const text = questionTexts[code];
+    const held = claimedByMe(code);
+    if (!text) {
+      say(`${code} is yours, but its text was shown on the device that claimed it.`, "info");
+      current = { questionId: code, question: "(open it on the device that claimed it)", options: [],
+                  points: held ? held.points : 0, mystery: false };
+    } else {
+      current = { questionId: code, question: text.question, options: text.options, points: text.points,
+                  mystery: false };
+    }
+    render();
+    $("current-title").focus();
+  }
+
+  async function answer(event) {
+    event.preventDefault();
+    if (!current) return;
+    let given;
+    if (current.options && current.options.length) {
+      const picked = document.querySelector('input[name="option"]:checked');
+      if (!picked) { say("Pick one of the options first.", "error"); return; }
+      given = picked.value;
+    } else {
+      given = $("answer-input").value.trim();
+      if (!given) { say("Type an answer first.", "error"); $("answer-input").focus(); return; }
+    }
+    const asked = current;
+    await busy($("answer-button"), async () => {
+      const result = await act("POST", "/submissions", { questionId: asked.questionId, answer: given });
+      const held = claimedByMe(asked.questionId);
+      if (held) held.answered = true;
+      current = null;
+      if (me) { me.points = result.totalPoints; me.rank = result.rank; if (asked.mystery) me.openMysteryBox = null; }
+      const earned = result.pointsEarned ? ` ${result.pointsEarned > 0 ? "+" : ""}${numbers.format(result.pointsEarned)} points.` : "";
+      const standing = ` You have ${numbers.format(result.totalPoints)} points${result.rank ? `, rank ${result.rank}` : ""}.`;
+      say(result.correct ? `Right!${earned}${standing}` : `Not right.${earned}${standing}`, result.correct ? "ok" : "error");
+    });
+  }
+
+  async function buyBox(difficulty, button) {
+    await busy(button, async () => {
+      const result = await act("POST", "/mystery-boxes", { difficulty });
+      current = { questionId: result.mysteryQuestionId, question: result.question, options: result.options,
+                  points: result.potentialPoints, difficulty, mystery: true };
+      if (me) {
+        me.points = result.totalPoints !== undefined ? result.totalPoints : me.points - result.deductedPoints;
+        me.openMysteryBox = result;
+      }
+      say(`Mystery box opened: ${numbers.format(result.deductedPoints)} points paid, `
+        + `${numbers.format(result.potentialPoints)} to win.`, "ok");
+      render();
+      $("current-title").focus();
+    });
+  }
+
+  async function forfeit() {
+    await busy($("forfeit-button"), async () => {
+      await act("DELETE", "/mystery-boxes/current");
+      current = null;
+      if (me) me.openMysteryBox = null;
+      say("Mystery box forfeited. The points paid are not refunded.", "info");
+    });
+  }
+
+  // -- rendering -------------------------------------------------------------------------------
+
+  function running() {
+    return competition && competition.state === "running";
+  }
+
+  function render() {
+    const state = competition ? competition.state : "";
+    $("state").dataset.state = state;
+    $("state").textContent = STATE_NAMES[state] || state || "loading";
+    $("register").hidden = Boolean(team);
+    $("game").hidden = !team;
+    if (!team) return;
+    $("team-line").hidden = false;
+    $("team-name").textContent = me ? me.teamName : team.teamName;
+    $("points").textContent = me ? numbers.format(me.points) : "-";
+    $("rank").textContent = me && me.rank ? me.rank : "-";
+    renderCurrent();
+    renderBoard();
+    renderBoxes();
+  }
+
+  function renderCurrent() {
+    const panel = $("current");
+    if (!current) { panel.hidden = true; return; }
+    const wasHidden = panel.hidden || panel.dataset.question !== current.questionId;
+    panel.hidden = false;
+    panel.dataset.question = current.questionId;
+    const label = current.mystery ? `Mystery box (${(current.difficulty || "").toLowerCase()})` : current.questionId;
+    $("current-title").textContent = `${label} \u00b7 ${numbers.format(current.points)} points`;
+    $("current-text").textContent = current.question;
+    $("forfeit-button").hidden = !current.mystery;
+    $("answer-button").disabled = !running();
+    const hasOptions = current.options && current.options.length > 0;
+    $("options-box").hidden = !hasOptions;
+    $("free-answer").hidden = hasOptions;
+    if (!wasHidden) return;
+    $("answer-input").value = "";
+    const options = $("options");
+    options.replaceChildren();
+    (current.options || []).forEach((option, i) => {
+      const label = document.createElement("label");
+      label.className = "option";
+      const input = document.createElement("input");
+      input.type = "radio";
+      input.name = "option";
+      input.value = option;
+      input.id = `option-${i}`;
+      label.append(input, document.createTextNode(option));
+      options.appendChild(label);
+    });
+  }
+
+  function renderBoard() {
+    const list = $("questions");
+    list.replaceChildren();
+    $("board-empty").hidden = board.size > 0;
+    for (const q of board.values()) {
+      const held = claimedByMe(q.questionId);
+      const status = held ? (held.answered ? "answered" : "mine") : q.claimed ? "taken" : "free";
+      const li = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.dataset.question = q.questionId;
+      button.dataset.status = status;
+      const code = document.createElement("span");
+      code.className = "code";
+      code.textContent = q.questionId;
+      const pts = document.createElement("span");
+      pts.className = "pts";
+      pts.textContent = `${numbers.format(q.points)} pts`;
+      const tag = document.createElement("span");
+      tag.className = "tag";
+      tag.textContent = { free: (q.difficulty || "").toLowerCase() || "free", taken: "taken",
+                          mine: "yours: answer", answered: "answered" }[status];
+      button.append(code, pts, tag);
+      const what = { free: "claim", taken: "taken by another team", mine: "yours, open to answer",
+                     answered: "answered" }[status];
+      button.setAttribute("aria-label", `${q.questionId}, ${q.points} points, ${what}`);
+      if (status === "free") {
+        button.disabled = !running();
+        button.addEventListener("click", () => claim(q.questionId, button));
+      } else if (status === "mine") {
+        button.addEventListener("click", () => openQuestion(q.questionId));
+      } else {
+        button.disabled = true;
+      }
+      li.appendChild(button);
+      list.appendChild(li);
+    }
+  }
+
+  function renderBoxes() {
+    const boxes = $("boxes");
+    boxes.replaceChildren();
+    if (!competition) return;
+    const open = Boolean(me && me.openMysteryBox) || Boolean(current && current.mystery);
+    for (const difficulty of DIFFICULTIES) {
+      const price = competition.mysteryPrices[difficulty];
+      const reward = competition.mysteryRewards[difficulty];
+      const button = document.createElement("button");
+      button.type = "button";
+      button.dataset.difficulty = difficulty;
+      const name = document.createElement("span");
+      name.textContent = difficulty.charAt(0) + difficulty.slice(1).toLowerCase();
+      const cost = document.createElement("span");
+      cost.className = "price";
+      cost.textContent = `costs ${numbers.format(price)}`;
+      const win = document.createElement("span");
+      win.className = "reward";
+      win.textContent = `wins ${numbers.format(reward)}`;
+      button.append(name, cost, win);
+      button.setAttribute("aria-label", `Buy a ${difficulty.toLowerCase()} mystery box: costs ${price} points, `
+        + `wins ${reward}`);
+      button.disabled = open || !running() || Boolean(me && me.points < price);
+      button.addEventListener("click", () => buyBox(difficulty, button));
+      boxes.appendChild(button);
+    }
+  }
+
+  function updateClock() {
+    const box = $("time-box");
+    if (deadlineAt === null) { box.hidden = true; return; }
+    const left = Math.max(0, Math.round((deadlineAt - Date.now()) / 1000));
+    const m = Math.floor(left / 60);
+    $("time-left").textContent = `${m}:${String(left % 60).padStart(2, "0")}`;
+    box.classList.toggle("ending", left <= 60);
+    box.hidden = false;
+  }
+
+  // -- live events -------------------------------------------------------------------------------
+
+  function fresh(payload) {
+    if (!payload || payload.competition !== config.competition) return false;
+    if (typeof payload.seq === "number") {
+      if (payload.seq <= lastSeq) return false;
+      lastSeq = payload.seq;
+    }
+    return true;
+  }
+
+  function connect() {
+    socket = io(config.realtimeUrl, { auth: { competition: config.competition, token: team.token } });
+    const conn = $("connection");
+    socket.on("connect", () => {
+      lastSeq = 0;
+      conn.dataset.ok = "true";
+      conn.textContent = "live";
+      // Whatever happened while the socket was down: read it again.
+      refresh();
+    });
+    socket.on("disconnect", () => { conn.dataset.ok = "false"; conn.textContent = "reconnecting"; });
+    socket.on("connect_error", (err) => {
+      conn.dataset.ok = "false";
+      conn.textContent = "offline";
+      if (!socket.active && /token/i.test(err.message)) {
+        forget("This device's team is not known here any more. Register again.");
+      }
+    });
+    socket.on("job_update", (p) => { if (fresh(p)) finishJob(p); });
+    socket.on("score_update", (p) => {
+      if (!fresh(p) || !me) return;
+      me.points = p.points;
+      if (p.rank) me.rank = p.rank;
+      render();
+    });
+    socket.on("time_update", (p) => { if (fresh(p)) setDeadline(p.remainingSeconds); });
+    socket.on("question_claimed", (p) => {
+      if (!fresh(p)) return;
+      const claims = Array.isArray(p.claims) && p.claims.length ? p.claims : [p];
+      for (const c of claims) { const q = board.get(c.questionId); if (q) q.claimed = true; }
+      render();
+    });
+    socket.on("question_released", (p) => {
+      if (!fresh(p)) return;
+      const q = board.get(p.questionId);
+      if (q) q.claimed = false;
+      if (me && claimedByMe(p.questionId) && !claimedByMe(p.questionId).answered) {
+        me.claims = me.claims.filter((c) => c.questionId !== p.questionId);
+        if (current && current.questionId === p.questionId) current = null;
+        say(`${p.questionId} went back to the board: it was held too long.`, "error");
+      }
+      render();
+    });
+    socket.on("competition_state", (p) => {
+      if (!fresh(p)) return;
+      if (competition) competition.state = p.state;
+      say(`The competition is now ${(STATE_NAMES[p.state] || p.state).toLowerCase()}.`, "info");
+      render();
+    });
+    socket.on("leaderboard_update", (p) => { fresh(p); });
+  }
+
+  // -- start --------------------------------------------------------------------------------------
+
+  $("register-form").addEventListener("submit", register);
+  $("answer-form").addEventListener("submit", answer);
+  $("forfeit-button").addEventListener("click", forfeit);
+  $("forget").addEventListener("click", () => forget());
+  setInterval(updateClock, 1000);
+  render();
+  const flashed = sessionStorage.getItem(FLASH);
+  if (flashed) { sessionStorage.removeItem(FLASH); say(flashed, "error"); }
+  refresh();
+  if (team) connect();
+  window.quizPlay = { get lastSeq() { return lastSeq; } };
+})();
