@@ -50,6 +50,7 @@
   let socket = null;
   const waiting = new Map(); // jobId -> resolve
   const arrived = new Map(); // jobId -> job, for updates that beat the POST's response
+  const finishedBy = { event: 0, poll: 0 }; // how job results arrived (the tests read it)
 
   function load(key) {
     try { return JSON.parse(localStorage.getItem(key)); } catch (err) { return null; }
@@ -133,7 +134,7 @@
         if (!waiting.has(jobId)) return;
         try {
           const job = await getJson(`/api/v1/jobs/${jobId}`);
-          if (job.status === "succeeded" || job.status === "failed") { finishJob(job); return; }
+          if (job.status === "succeeded" || job.status === "failed") { finishJob(job, "poll"); return; }
         } catch (err) { /* try again */ }
         poll(Math.min(delay * 2, 5000));
       };
@@ -141,7 +142,8 @@
     });
   }
 
-  function finishJob(job) {
+  function finishJob(job, via) {
+    finishedBy[via] += 1;
     const resolve = waiting.get(job.jobId);
     if (resolve) { waiting.delete(job.jobId); resolve(job); return; }
     arrived.set(job.jobId, job);
@@ -471,8 +473,7 @@
       win.className = "reward";
       win.textContent = `wins ${numbers.format(reward)}`;
       button.append(name, cost, win);
-      button.setAttribute("aria-label", `Buy a ${difficulty.toLowerCase()} mystery box: costs ${price} points, `
-        + `wins ${reward}`);
+      button.setAttribute("aria-label", `${name.textContent} mystery box: costs ${price} points, wins ${reward}`);
       button.disabled = open || !running() || Boolean(me && me.points < price);
       button.addEventListener("click", () => buyBox(difficulty, button));
       boxes.appendChild(button);
@@ -518,7 +519,7 @@
         forget("This device's team is not known here any more. Register again.");
       }
     });
-    socket.on("job_update", (p) => { if (fresh(p)) finishJob(p); });
+    socket.on("job_update", (p) => { if (fresh(p)) finishJob(p, "event"); });
     socket.on("score_update", (p) => {
       if (!fresh(p) || !me) return;
       me.points = p.points;
@@ -564,5 +565,5 @@
   if (flashed) { sessionStorage.removeItem(FLASH); say(flashed, "error"); }
   refresh();
   if (team) connect();
-  window.quizPlay = { get lastSeq() { return lastSeq; } };
+  window.quizPlay = { finishedBy, get socket() { return socket; }, get lastSeq() { return lastSeq; } };
 })();
