@@ -504,6 +504,7 @@
   function connect() {
     socket = io(config.realtimeUrl, { auth: { competition: config.competition, token: team.token } });
     const conn = $("connection");
+    conn.hidden = false;
     socket.on("connect", () => {
       lastSeq = 0;
       conn.dataset.ok = "true";
