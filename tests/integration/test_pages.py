@@ -184,6 +184,32 @@ def test_projector_shows_a_new_score_within_a_second_without_a_reload(api: Api, 
     see(page.locator("#ticker")).to_contain_text(f"{owls.name} claimed Q1")
 
 
+def test_projector_drops_stale_events_and_starts_again_from_a_fresh_snapshot(
+        api: Api, open_page: Callable[..., Page], listen: Callable[..., Listener],
+        competition: dict[str, Any]) -> None:
+    slug = competition["slug"]
+    api.add_questions(slug, questions(1))
+    owls = api.register(slug, unique("owls"))
+    page = open_page(f"/live/{slug}", PROJECTOR)
+    assert row_points(page, owls.name) == "1000"
+    see(page.locator("#connection")).to_have_attribute("data-ok", "true")
+    spectator = listen(slug)
+    # As if the page had applied a later event than any the server will send: all look stale.
+    page.evaluate("window.quizLive.lastSeq = Number.MAX_SAFE_INTEGER")
+    api.claim(slug, owls.token, "Q1")
+    ok_job(api.submit(slug, owls.token, "Q1", answer_of("Q1")))
+    spectator.wait_event("leaderboard_update",
+                         lambda p: any(r["teamName"] == owls.name and r["points"] == 1100 for r in p["leaderboard"]))
+    time.sleep(1.0)
+    assert row_points(page, owls.name) == "1000"
+    # A reconnect starts a new session whose snapshot is applied, though numbered lower (as
+    # another realtime process may number it).
+    page.evaluate("window.quizLive.socket.io.engine.close()")
+    see(page.locator(f'li.row[data-team="{owls.name}"]')).to_have_attribute("data-points", "1100")
+    see(page.locator("#connection")).to_have_attribute("data-ok", "true")
+    assert page.evaluate("window.quizLive.lastSeq < Number.MAX_SAFE_INTEGER") is True
+
+
 def test_projector_ranks_move_and_limit_reads_past_the_broadcast_top(api: Api, open_page: Callable[..., Page],
                                                                     ) -> None:
     slug = api.create_competition(unique("ranks"), leaderboardSize=2)["slug"]
@@ -318,8 +344,8 @@ def test_team_page_plays_claim_answer_and_mystery_box_by_clicking(api: Api, open
 
 
 def test_team_page_is_usable_from_the_keyboard(api: Api, open_page: Callable[..., Page]) -> None:
-    slug = api.create_competition(unique("keys"))["slug"]
-    api.add_questions(slug, with_options(questions(2)))
+    slug = api.create_competition(unique("keys"), maxOpenClaims=2)["slug"]
+    api.add_questions(slug, questions(1) + with_options(questions(1, start=2)))
     page = open_page(f"/play/{slug}", PHONE)
     page.get_by_label("Team name").focus()
     page.keyboard.type(unique("keys"))
@@ -344,6 +370,17 @@ def test_team_page_is_usable_from_the_keyboard(api: Api, open_page: Callable[...
     tab_to("#answer-button")
     page.keyboard.press("Enter")
     see(page.locator("#message")).to_contain_text("Right! +100 points")
+
+    # A question without options takes a typed answer; Enter in the box sends it.
+    page.locator("#forget").focus()
+    tab_to('button[data-question="Q1"]')
+    page.keyboard.press("Enter")
+    see(page.locator("#current-text")).to_have_text("What is the answer to Q1?")
+    tab_to("#answer-input")
+    assert page.evaluate("document.activeElement.labels[0].textContent") == "Your answer"
+    page.keyboard.type(answer_of("Q1"))
+    page.keyboard.press("Enter")
+    see(page.locator("#message")).to_contain_text("Right! +100 points. You have 1,200 points")
 
 
 def test_team_page_asks_for_the_registration_code_and_refuses_a_taken_name(api: Api,

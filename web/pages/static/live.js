@@ -239,15 +239,16 @@
     const conn = $("connection");
 
     socket.on("connect", () => {
-      // A new session: its snapshot and events are numbered afresh, and may come from another
-      // realtime process whose numbers are lower than the last ones seen.
-      lastSeq = 0;
       conn.dataset.ok = "true";
       conn.textContent = "live";
       loadStatus();
       if (needRest) scheduleRest();
     });
     socket.on("disconnect", () => {
+      // The next session starts with a fresh snapshot, numbered afresh, perhaps by another
+      // realtime process whose numbers are lower. Reset here, not on "connect": the client
+      // hands over events that came with the connection (the snapshot) before "connect".
+      lastSeq = 0;
       conn.dataset.ok = "false";
       conn.textContent = "reconnecting";
     });
@@ -287,5 +288,10 @@
   loadStatus();
   setInterval(loadStatus, STATUS_EVERY_MS);
   setInterval(updateCountdown, 1000);
-  window.quizLive = { socket: connect(), get lastSeq() { return lastSeq; } };
+  // For the browser tests: the socket, and the last `seq` applied.
+  window.quizLive = {
+    socket: connect(),
+    get lastSeq() { return lastSeq; },
+    set lastSeq(value) { lastSeq = value; },
+  };
 })();

@@ -152,14 +152,14 @@
 
   // Buttons stay disabled while their job runs, so a double tap is one job.
   async function busy(button, work) {
-    if (button) button.disabled = true;
+    if (button) { button.disabled = true; button.dataset.busy = "1"; }
     try {
       return await work();
     } catch (err) {
       say(err instanceof Refused ? err.message : "No connection to the quiz server. Try again.", "error");
       return undefined;
     } finally {
-      if (button) button.disabled = false;
+      if (button) { delete button.dataset.busy; button.disabled = false; }
       render();
     }
   }
@@ -393,7 +393,7 @@
     $("current-title").textContent = `${label} \u00b7 ${numbers.format(current.points)} points`;
     $("current-text").textContent = current.question;
     $("forfeit-button").hidden = !current.mystery;
-    $("answer-button").disabled = !running();
+    $("answer-button").disabled = Boolean($("answer-button").dataset.busy) || !running();
     const hasOptions = current.options && current.options.length > 0;
     $("options-box").hidden = !hasOptions;
     $("free-answer").hidden = hasOptions;
@@ -414,69 +414,83 @@
     });
   }
 
+  // Buttons are made once and updated in place: a re-render must never take the keyboard
+  // focus away from the button someone is about to press.
+  const questionButtons = new Map(); // questionId -> button
+  const boxButtons = new Map(); // difficulty -> button
+
+  function span(className) {
+    const el = document.createElement("span");
+    if (className) el.className = className;
+    return el;
+  }
+
+  function questionButton(q) {
+    let button = questionButtons.get(q.questionId);
+    if (button) return button;
+    button = document.createElement("button");
+    button.type = "button";
+    button.dataset.question = q.questionId;
+    button.append(span("code"), span("pts"), span("tag"));
+    button.addEventListener("click", () => {
+      if (button.dataset.status === "free") claim(q.questionId, button);
+      else if (button.dataset.status === "mine") openQuestion(q.questionId);
+    });
+    const li = document.createElement("li");
+    li.appendChild(button);
+    questionButtons.set(q.questionId, button);
+    return button;
+  }
+
   function renderBoard() {
     const list = $("questions");
-    list.replaceChildren();
     $("board-empty").hidden = board.size > 0;
+    let i = 0;
     for (const q of board.values()) {
       const held = claimedByMe(q.questionId);
       const status = held ? (held.answered ? "answered" : "mine") : q.claimed ? "taken" : "free";
-      const li = document.createElement("li");
-      const button = document.createElement("button");
-      button.type = "button";
-      button.dataset.question = q.questionId;
+      const button = questionButton(q);
       button.dataset.status = status;
-      const code = document.createElement("span");
-      code.className = "code";
-      code.textContent = q.questionId;
-      const pts = document.createElement("span");
-      pts.className = "pts";
-      pts.textContent = `${numbers.format(q.points)} pts`;
-      const tag = document.createElement("span");
-      tag.className = "tag";
-      tag.textContent = { free: (q.difficulty || "").toLowerCase() || "free", taken: "taken",
-                          mine: "yours: answer", answered: "answered" }[status];
-      button.append(code, pts, tag);
+      button.querySelector(".code").textContent = q.questionId;
+      button.querySelector(".pts").textContent = `${numbers.format(q.points)} pts`;
+      button.querySelector(".tag").textContent = { free: (q.difficulty || "").toLowerCase() || "free",
+                                                   taken: "taken", mine: "yours: answer",
+                                                   answered: "answered" }[status];
       const what = { free: "claim", taken: "taken by another team", mine: "yours, open to answer",
                      answered: "answered" }[status];
       button.setAttribute("aria-label", `${q.questionId}, ${q.points} points, ${what}`);
-      if (status === "free") {
-        button.disabled = !running();
-        button.addEventListener("click", () => claim(q.questionId, button));
-      } else if (status === "mine") {
-        button.addEventListener("click", () => openQuestion(q.questionId));
-      } else {
-        button.disabled = true;
-      }
-      li.appendChild(button);
-      list.appendChild(li);
+      button.disabled = Boolean(button.dataset.busy) || (status === "free" ? !running() : status !== "mine");
+      const li = button.parentElement;
+      if (list.children[i] !== li) list.insertBefore(li, list.children[i] || null);
+      i += 1;
+    }
+    for (const [code, button] of questionButtons) {
+      if (!board.has(code)) { button.parentElement.remove(); questionButtons.delete(code); }
     }
   }
 
   function renderBoxes() {
-    const boxes = $("boxes");
-    boxes.replaceChildren();
     if (!competition) return;
     const open = Boolean(me && me.openMysteryBox) || Boolean(current && current.mystery);
     for (const difficulty of DIFFICULTIES) {
       const price = competition.mysteryPrices[difficulty];
       const reward = competition.mysteryRewards[difficulty];
-      const button = document.createElement("button");
-      button.type = "button";
-      button.dataset.difficulty = difficulty;
-      const name = document.createElement("span");
-      name.textContent = difficulty.charAt(0) + difficulty.slice(1).toLowerCase();
-      const cost = document.createElement("span");
-      cost.className = "price";
-      cost.textContent = `costs ${numbers.format(price)}`;
-      const win = document.createElement("span");
-      win.className = "reward";
-      win.textContent = `wins ${numbers.format(reward)}`;
-      button.append(name, cost, win);
-      button.setAttribute("aria-label", `${name.textContent} mystery box: costs ${price} points, wins ${reward}`);
-      button.disabled = open || !running() || Boolean(me && me.points < price);
-      button.addEventListener("click", () => buyBox(difficulty, button));
-      boxes.appendChild(button);
+      let button = boxButtons.get(difficulty);
+      if (!button) {
+        button = document.createElement("button");
+        button.type = "button";
+        button.dataset.difficulty = difficulty;
+        button.append(span("kind"), span("price"), span("reward"));
+        button.addEventListener("click", () => buyBox(difficulty, button));
+        boxButtons.set(difficulty, button);
+        $("boxes").appendChild(button);
+      }
+      const name = difficulty.charAt(0) + difficulty.slice(1).toLowerCase();
+      button.querySelector(".kind").textContent = name;
+      button.querySelector(".price").textContent = `costs ${numbers.format(price)}`;
+      button.querySelector(".reward").textContent = `wins ${numbers.format(reward)}`;
+      button.setAttribute("aria-label", `${name} mystery box: costs ${price} points, wins ${reward}`);
+      button.disabled = Boolean(button.dataset.busy) || open || !running() || Boolean(me && me.points < price);
     }
   }
 
@@ -506,13 +520,17 @@
     const conn = $("connection");
     conn.hidden = false;
     socket.on("connect", () => {
-      lastSeq = 0;
       conn.dataset.ok = "true";
       conn.textContent = "live";
       // Whatever happened while the socket was down: read it again.
       refresh();
     });
-    socket.on("disconnect", () => { conn.dataset.ok = "false"; conn.textContent = "reconnecting"; });
+    socket.on("disconnect", () => {
+      // A new session numbers its events afresh (the snapshot comes before "connect").
+      lastSeq = 0;
+      conn.dataset.ok = "false";
+      conn.textContent = "reconnecting";
+    });
     socket.on("connect_error", (err) => {
       conn.dataset.ok = "false";
       conn.textContent = "offline";
