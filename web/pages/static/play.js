@@ -174,7 +174,8 @@
   let registrationBody = null;
 
   function randomKey() {
-    const bytes = new Uint8Array(16);
+    // 256 random bits: a key that high in entropy is one the API may safely answer a replay of.
+    const bytes = new Uint8Array(32);
     crypto.getRandomValues(bytes);
     return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
   }
@@ -203,7 +204,8 @@
       if (resp.status !== 200 && resp.status !== 202) throw new Refused(await problemText(resp));
       const accepted = await resp.json();
       let job = accepted;
-      while (job.status !== "succeeded" && job.status !== "failed") {
+      for (let tries = 0; job.status !== "succeeded" && job.status !== "failed"; tries += 1) {
+        if (tries === 60) throw new Refused("Registration is taking long. Try again in a minute.");
         await new Promise((r) => setTimeout(r, 1000));
         const poll = await fetch(`/api/v1/jobs/${accepted.jobId}`,
           { headers: { Accept: "application/json", Authorization: `Bearer ${accepted.teamToken}` } });
