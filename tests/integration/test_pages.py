@@ -399,6 +399,61 @@ def test_team_page_asks_for_the_registration_code_and_refuses_a_taken_name(api: 
     assert page.evaluate("document.getElementById('team-name-input').validity.valueMissing") is True
 
 
+# Every visible text's contrast against the background it sits on (WCAG 2 relative luminance).
+LOW_CONTRAST = """() => {
+  const parse = (c) => {
+    const m = c.match(/rgba?\\(([^)]+)\\)/);
+    if (!m) return null;
+    const [r, g, b, a = 1] = m[1].split(/[\\s,\\/]+/).filter(Boolean).map(Number);
+    return { r, g, b, a };
+  };
+  const lum = ({ r, g, b }) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c && c.a > 0) return c;
+    }
+    return parse(getComputedStyle(document.documentElement).backgroundColor);
+  };
+  const low = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const text = walker.currentNode.textContent.trim();
+    const el = walker.currentNode.parentElement;
+    if (!text || !el.checkVisibility()) continue;
+    const [hi, lo] = [lum(parse(getComputedStyle(el).color)), lum(background(el))].sort((x, y) => y - x);
+    const ratio = (hi + 0.05) / (lo + 0.05);
+    if (ratio < 4.5) low.push(`${el.tagName}.${el.className} "${text.slice(0, 30)}": ${ratio.toFixed(2)}`);
+  }
+  return low;
+}"""
+
+
+@pytest.mark.parametrize("theme", ["dark", "light"])
+def test_every_text_on_both_pages_has_enough_contrast(api: Api, open_page: Callable[..., Page], theme: str) -> None:
+    slug = api.create_competition(unique("contrast"), timeLimitSeconds=600)["slug"]
+    api.add_questions(slug, with_options(questions(3)))
+    rival = api.register(slug)
+    api.claim(slug, rival.token, "Q2")
+    ok_job(api.submit(slug, rival.token, "Q2", "wrong"))
+    live = open_page(f"/live/{slug}?theme={theme}", PROJECTOR)
+    play = open_page(f"/play/{slug}?theme={theme}", PHONE)
+    assert play.evaluate(LOW_CONTRAST) == []
+    _register(play, unique("eyes"))
+    play.locator('button[data-question="Q1"]').click()
+    see(play.locator("#current")).to_be_visible()
+    api.patch_competition(slug, freeze=True)
+    see(live.locator("#frozen")).to_be_visible()
+    see(live.locator("#countdown")).to_be_visible()
+    see(live.locator("#ticker li").first).to_be_visible()
+    time.sleep(2)  # past the rows' flash and the ticker's fade-in
+    assert live.evaluate(LOW_CONTRAST) == []
+    assert play.evaluate(LOW_CONTRAST) == []
+
+
 # -- the official JavaScript client ------------------------------------------------------------
 
 
