@@ -270,8 +270,10 @@
     });
     socket.on("question_released", (p) => {
       if (!fresh(p)) return;
-      const why = p.reason ? ` (${p.reason})` : "";
-      tick(`${p.questionId} is back on the board${why}`, p.at, "release");
+      // Coalesced like claims: every release since the last broadcast is in `releases`.
+      const releases = Array.isArray(p.releases) && p.releases.length ? p.releases : [p];
+      tickMany(releases.map((r) => [`${r.questionId} is back on the board${r.reason ? ` (${r.reason})` : ""}`,
+        "release"]), p.at);
     });
     socket.on("competition_state", (p) => {
       if (!fresh(p)) return;

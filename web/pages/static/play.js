@@ -201,6 +201,7 @@
                    "Idempotency-Key": registrationKey },
         body: text,
       });
+      if (resp.status === 403) await codeRefused(resp.clone(), body);
       if (resp.status !== 200 && resp.status !== 202) throw new Refused(await problemText(resp));
       const accepted = await resp.json();
       let job = accepted;
@@ -214,13 +215,28 @@
       if (job.status === "failed") {
         registrationKey = null;
         registrationBody = null;
-        if (job.error && job.error.code === "registration_code_invalid") $("code-field").hidden = false;
+        if (job.error && job.error.code === "registration_code_invalid") {
+          $("code-field").hidden = false;
+          $("code-input").focus();
+        }
         throw new Refused(refusal(job.error));
       }
       save(STORE, { token: accepted.teamToken, teamName: job.result.teamName });
       // A fresh start with the token: the socket joins the team's room on connect.
       window.location.reload();
     });
+  }
+
+  // The API refuses a missing or wrong registration code before making a job (403 naming
+  // registrationCode); the worker checks it again (the job's registration_code_invalid).
+  async function codeRefused(resp, body) {
+    let problem = {};
+    try { problem = await resp.json(); } catch (err) { return; }
+    if (!(problem.errors || []).some((e) => e.field === "registrationCode")) return;
+    $("code-field").hidden = false;
+    $("code-input").focus();
+    throw new Refused(body.registrationCode ? REFUSALS.registration_code_invalid
+      : "This competition needs a registration code. Ask the organisers for it.");
   }
 
   function forget(text) {
@@ -556,12 +572,17 @@
     });
     socket.on("question_released", (p) => {
       if (!fresh(p)) return;
-      const q = board.get(p.questionId);
-      if (q) q.claimed = false;
-      if (me && claimedByMe(p.questionId) && !claimedByMe(p.questionId).answered) {
-        me.claims = me.claims.filter((c) => c.questionId !== p.questionId);
-        if (current && current.questionId === p.questionId) current = null;
-        say(`${p.questionId} went back to the board: it was held too long.`, "error");
+      const releases = Array.isArray(p.releases) && p.releases.length ? p.releases : [p];
+      for (const r of releases) {
+        const q = board.get(r.questionId);
+        if (q) q.claimed = false;
+        const held = claimedByMe(r.questionId);
+        if (held && !held.answered) {
+          me.claims = me.claims.filter((c) => c.questionId !== r.questionId);
+          if (current && current.questionId === r.questionId) current = null;
+          say(r.reason === "expired" ? `${r.questionId} went back to the board: it was held too long.`
+            : `${r.questionId} went back to the board.`, "error");
+        }
       }
       render();
     });
