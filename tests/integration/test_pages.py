@@ -210,6 +210,22 @@ def test_projector_drops_stale_events_and_starts_again_from_a_fresh_snapshot(
     assert page.evaluate("window.quizLive.lastSeq < Number.MAX_SAFE_INTEGER") is True
 
 
+def test_projector_without_the_realtime_server_reads_the_board_from_the_api(
+        api: Api, open_page: Callable[..., Page], competition: dict[str, Any]) -> None:
+    slug = competition["slug"]
+    api.add_questions(slug, questions(1))
+    owls = api.register(slug, unique("owls"))
+    page = open_page(f"/live/{slug}", PROJECTOR)
+    assert row_points(page, owls.name) == "1000"
+    see(page.locator("#connection")).to_have_attribute("data-ok", "true")
+    page.evaluate("window.quizLive.socket.disconnect()")
+    see(page.locator("#connection")).to_have_attribute("data-ok", "false")
+    api.claim(slug, owls.token, "Q1")
+    ok_job(api.submit(slug, owls.token, "Q1", answer_of("Q1")))
+    see(page.locator(f'li.row[data-team="{owls.name}"]')).to_have_attribute("data-points", "1100")
+    assert page.evaluate("window.quizLive.socket.connected") is False
+
+
 def test_projector_ranks_move_and_limit_reads_past_the_broadcast_top(api: Api, open_page: Callable[..., Page],
                                                                     ) -> None:
     slug = api.create_competition(unique("ranks"), leaderboardSize=2)["slug"]

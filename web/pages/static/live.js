@@ -287,12 +287,18 @@
 
   $("board").style.setProperty("--rows", String(Math.max(config.limit, 6)));
   $("board").style.setProperty("--rank-digits", String(String(config.limit).length));
+  const socket = connect();
   loadStatus();
-  setInterval(loadStatus, STATUS_EVERY_MS);
+  setInterval(() => {
+    loadStatus();
+    // Without the realtime server (stopped, or a port the venue's network blocks) the board
+    // still moves, every few seconds, from the API.
+    if (!socket.connected) loadRestBoard();
+  }, STATUS_EVERY_MS);
   setInterval(updateCountdown, 1000);
   // For the browser tests: the socket, and the last `seq` applied.
   window.quizLive = {
-    socket: connect(),
+    socket,
     get lastSeq() { return lastSeq; },
     set lastSeq(value) { lastSeq = value; },
   };
