@@ -55,9 +55,13 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def open_page(browser: Browser, stack: Stack) -> Iterator[Callable[..., Page]]:
-    """Open a page of the app in a fresh browser context; fails the test on any script error."""
+    """Open a page of the app in a fresh browser context; fails the test on any script error
+    and on any request to somewhere other than the app and its realtime server (no CDN)."""
     contexts = []
     errors: list[str] = []
+    ours = (stack.api_url + "/", stack.realtime_url + "/", stack.realtime_url.replace("http", "ws", 1) + "/",
+            "data:")
+    elsewhere: list[str] = []
 
     def open_(path: str, viewport: dict[str, int], **options: Any) -> Page:
         context = browser.new_context(viewport=viewport, locale="en-GB", timezone_id="UTC", **options)
@@ -66,6 +70,8 @@ def open_page(browser: Browser, stack: Stack) -> Iterator[Callable[..., Page]]:
         page.set_default_timeout(15_000)
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("request", lambda r: None if r.url.startswith(ours) else elsewhere.append(r.url))
+        page.on("websocket", lambda w: None if w.url.startswith(ours) else elsewhere.append(w.url))
         page.goto(stack.api_url + path)
         return page
 
@@ -73,6 +79,7 @@ def open_page(browser: Browser, stack: Stack) -> Iterator[Callable[..., Page]]:
     for context in contexts:
         context.close()
     assert errors == []
+    assert elsewhere == []
 
 
 def row_points(page: Page, team: str) -> str | None:
