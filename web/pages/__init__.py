@@ -33,8 +33,10 @@ THEMES = ("dark", "light")
 MAX_LIMIT = 500
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
 # A host name, an IPv4 address or an IPv6 address: what may go into the realtime URL and the
-# Content-Security-Policy. Anything else in a Host header is refused rather than echoed.
-_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}\.?)*|[0-9A-Fa-f:.]+)$")
+# Content-Security-Policy. Anything else in a Host header is refused rather than echoed. Labels
+# are separated by a required dot, so a long bad name cannot make the match backtrack for ages.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"^(?:{_LABEL}(?:\.{_LABEL})*\.?|[0-9A-Fa-f:.]+)$")
 
 
 def _template(name: str) -> Template:
@@ -91,8 +93,8 @@ def _limit(req: falcon.Request, default: int) -> int:
     return int(raw)
 
 
-def _render(req: falcon.Request, resp: falcon.Response, template: Template, realtime: str,
-            config: dict[str, Any], title: str, theme: str) -> None:
+def _render(resp: falcon.Response, template: Template, realtime: str, config: dict[str, Any], title: str,
+            theme: str) -> None:
     resp.content_type = "text/html; charset=utf-8"
     resp.text = template.substitute(title=_escape(title), theme=theme, config=_config_block(config))
     resp.set_header("Content-Security-Policy", _csp(realtime))
@@ -118,7 +120,7 @@ class LivePage:
             "leaderboardSize": competition.leaderboard_size,
             "status": f"/live/{competition.slug}/status",
         }
-        _render(req, resp, self.template, realtime, config, competition.title, theme)
+        _render(resp, self.template, realtime, config, competition.title, theme)
 
 
 class LiveStatus:
@@ -171,7 +173,7 @@ class PlayPage:
             "realtimeUrl": realtime,
             "api": f"/api/v1/competitions/{competition.slug}",
         }
-        _render(req, resp, self.template, realtime, config, competition.title, theme)
+        _render(resp, self.template, realtime, config, competition.title, theme)
 
 
 def add_routes(app: falcon.App, deps: Deps) -> None:
