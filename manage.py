@@ -922,6 +922,8 @@ def _banner(env: Mapping[str, str], seeded: bool) -> str:
         "The quiz stack is up.",
         f"  API          {api}/api/v1",
         f"  API docs     {api}/docs",
+        f"  Projector    {api}/live/demo",
+        f"  Team page    {api}/play/demo",
         f"  Realtime     {realtime}",
         f"  Flower       {flower}",
         f"  Admin token  {token}",

@@ -14,6 +14,7 @@ from web import openapi
 from web.deps import Deps
 from web.errors import Problem, register_error_handlers
 from web.middleware import ResponseHeaders, SessionScope
+from web.pages import add_routes as add_pages
 from web.ratelimit import RateLimiter, RateLimits
 from web.resources import game, health, manage, organiser
 
@@ -82,4 +83,5 @@ def create_app(settings: Settings, deps: Deps | None = None) -> falcon.App:
     app.add_route(comp + "/mystery-boxes/current", game.CurrentMysteryBox(deps))
     app.add_route(comp + "/leaderboard", game.Leaderboard(deps))
     app.add_route(base + "/jobs/{job_id:uuid}", game.JobItem(deps))
+    add_pages(app, deps)
     return app

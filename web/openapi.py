@@ -256,6 +256,20 @@ class Health(Out):
     checks: dict[str, str] | UnsetType = UNSET
 
 
+class LiveStatusView(Out):
+    competition: str
+    title: str
+    state: str
+    frozen: bool
+    freeze_at: str | None
+    time_limit_seconds: int | None
+    ends_at: str | None
+    server_time: str
+
+
+HTML = "text/html"
+
+
 SLUG = {"name": "slug", "in": "path", "required": True, "schema": {"type": "string"},
         "description": "The competition's slug", "example": "demo"}
 TEAM_ID = {"name": "team_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
@@ -412,6 +426,19 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                                           "schema": {"type": "string", "format": "date-time"}}))},
     "/api/v1/jobs/{job_id}": {"get": _op("A job (its owner or an organiser)", "jobs", [*TEAM, *ADMIN],
                                          {200: ("The job", JobView)}, params=(JOB_ID,))},
+    "/live/{slug}": {"get": _op(
+        "The projector page: live leaderboard, ticker, state, countdown and freeze", "pages", PUBLIC,
+        {200: ("An HTML page", HTML)},
+        params=(SLUG, {"name": "theme", "in": "query", "required": False, "schema": {"enum": ["dark", "light"]}},
+                {**LIMIT, "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                 "description": "Rows shown (default: the competition's leaderboard size)"}))},
+    "/live/{slug}/status": {"get": _op(
+        "What the projector polls: state, freeze, when the last team's time runs out, the server's clock",
+        "pages", PUBLIC, {200: ("The status", LiveStatusView)}, params=(SLUG,))},
+    "/play/{slug}": {"get": _op(
+        "The team page: register, the board, claim and answer, mystery boxes", "pages", PUBLIC,
+        {200: ("An HTML page", HTML)},
+        params=(SLUG, {"name": "theme", "in": "query", "required": False, "schema": {"enum": ["dark", "light"]}}))},
 }
 
 _PROBLEM_TEXT = {
@@ -436,7 +463,7 @@ def build_spec() -> dict[str, Any]:
             if op["body"] is not None:
                 types.append(op["body"])
             for _, t in op["ok"].values():
-                types.extend(t if isinstance(t, tuple) else [t] if t is not None else [])
+                types.extend(t if isinstance(t, tuple) else [t] if t is not None and t != HTML else [])
     schemas_out, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     by_id = dict(zip(map(id, types), schemas_out, strict=False))
 
@@ -454,7 +481,9 @@ def build_spec() -> dict[str, Any]:
             responses: dict[str, Any] = {}
             for status, (text, type_) in sorted(op["ok"].items()):
                 entry: dict[str, Any] = {"description": text}
-                if type_ is not None:
+                if type_ == HTML:
+                    entry["content"] = {HTML: {"schema": {"type": "string"}}}
+                elif type_ is not None:
                     entry["content"] = {"application/json": {"schema": schema_of(type_)}}
                     if FORMAT in op["params"]:
                         entry["content"]["text/csv"] = {"schema": {"type": "string"}}
@@ -505,7 +534,7 @@ def build_spec() -> dict[str, Any]:
                            "problem+json. Live events are on the Socket.IO server.",
         },
         "servers": [{"url": "/"}],
-        "tags": [{"name": n} for n in ("teams", "competitions", "jobs", "organisers", "operations")],
+        "tags": [{"name": n} for n in ("teams", "competitions", "jobs", "organisers", "operations", "pages")],
         "paths": paths,
         "components": {
             "schemas": components,
