@@ -10,7 +10,10 @@ import logging
 import threading
 import time
 
+import msgspec
 import redis
+
+from models.events import decode_job_finished
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,11 @@ class JobWaiter:
                     data = message.get("data")
                     if not isinstance(data, bytes):
                         continue
-                    job_id = data.split(b" ", 1)[0].decode()
+                    try:
+                        job_id = decode_job_finished(data).job_id
+                    except msgspec.ValidationError:
+                        log.warning("ignoring a malformed jobs-channel message: %r", data[:200])
+                        continue
                     with self._lock:
                         event = self._events.get(job_id)
                     if event is not None:
