@@ -269,8 +269,8 @@ class News(Message, tag="news"):
 
 class CompetitionSettings(Message, tag="competition"):
     """An organiser changed a competition; realtime servers refresh what they hold of it (they
-    also re-read it from PostgreSQL on every broadcast and every few seconds, so a lost message
-    costs nothing)."""
+    also re-read it from PostgreSQL on every broadcast and every ``REALTIME_REFRESH`` seconds, so
+    a lost message costs nothing). A freeze lifted is revealed to spectators in one broadcast."""
 
     CHANNEL = "changes (API -> realtime)"
 
@@ -280,7 +280,6 @@ class CompetitionSettings(Message, tag="competition"):
     state: CompetitionStateName
     leaderboard_size: int
     freeze_at: Iso | None
-    reveal: Annotated[bool, Meta(description="a freeze was lifted: broadcast the live standings now")] = False
 
 
 ChangeMessage = Union[News, CompetitionSettings]  # noqa: UP007

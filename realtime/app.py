@@ -280,12 +280,16 @@ class Coalescer:
             self.pending.put(info.id, state)
         return state
 
-    def apply(self, state: _Pending, info: CompetitionInfo, reveal: bool = False) -> None:
-        """Take newer settings; lifting a freeze shows everyone what they missed, in one broadcast."""
+    def apply(self, state: _Pending, info: CompetitionInfo) -> None:
+        """Take newer settings; lifting a freeze shows everyone what they missed, in one broadcast.
+
+        The settings message and the periodic re-read may both bring the news; whichever comes
+        first reveals, the other then finds the freeze already gone.
+        """
         was_frozen = state.info.frozen()
         state.info = info
         self.directory.remember(info)
-        if reveal or (was_frozen and not info.frozen()):
+        if was_frozen and not info.frozen():
             self.flush(state, force=True)
 
     def on_settings(self, message: events.CompetitionSettings) -> None:
@@ -296,7 +300,7 @@ class Coalescer:
             state=message.state,
             freeze_at=parse_iso(message.freeze_at) if message.freeze_at else None,
         )
-        self.apply(self.watch(info), info, reveal=message.reveal)
+        self.apply(self.watch(info), info)
 
     def on_message(self, raw: bytes) -> None:
         message = events.decode_change(raw)

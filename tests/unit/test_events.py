@@ -80,7 +80,7 @@ def test_redis_messages_round_trip_and_are_told_apart_by_type() -> None:
     news = events.News(competition="demo", competition_id=3, at=AT,
                        claims=[events.Claim(question_id="Q1", team_name="Owls")])
     settings = events.CompetitionSettings(competition="demo", competition_id=3, at=AT, state="running",
-                                          leaderboard_size=10, freeze_at=None, reveal=True)
+                                          leaderboard_size=10, freeze_at=None)
     assert events.decode_change(events.encode(news)) == news
     assert events.decode_change(events.encode(settings)) == settings
     finished = events.JobFinished(job_id="5f0c", status="succeeded")

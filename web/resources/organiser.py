@@ -141,7 +141,6 @@ class CompetitionItem:
                 )
             competition.state = body.state
         apply_settings(competition, body)
-        old_freeze = competition.freeze_at
         now = utcnow()
         if body.freeze is not None:
             competition.freeze_at = now if body.freeze else None
@@ -164,7 +163,6 @@ class CompetitionItem:
             state=competition.state,
             leaderboard_size=competition.leaderboard_size,
             freeze_at=iso(competition.freeze_at) if competition.freeze_at else None,
-            reveal=old_freeze is not None and competition.freeze_at is None,
         ))
         write_json(resp, after)
 
