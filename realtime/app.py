@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 import socketio
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import events
@@ -98,6 +98,20 @@ _INFO_COLUMNS = (Competition.id, Competition.slug, Competition.leaderboard_size,
                  Competition.freeze_at)
 
 
+def team_of_token(digest: bytes) -> Select[tuple[int]]:
+    return select(Team.competition_id).where(Team.token_hash == digest)
+
+
+def pending_registration(competition_id: int, digest: bytes) -> Select[tuple[Any]]:
+    """A registration of this token still waiting or running (the condition of ``ix_jobs_unfinished``)."""
+    return select(Job.id).where(
+        Job.owner_hash == digest,
+        Job.status.in_(("queued", "running")),
+        Job.kind == "register",
+        Job.competition_id == competition_id,
+    ).limit(1)
+
+
 class Directory:
     """Database look-ups for connecting clients and broadcasts, cached briefly and boundedly.
 
@@ -163,18 +177,11 @@ class Directory:
         if cached and time.monotonic() - cached[0] < self.TOKEN_TTL:
             return cached[1] == competition_id
         with self.sessions() as session:
-            team = session.scalar(select(Team.competition_id).where(Team.token_hash == digest))
+            team = session.scalar(team_of_token(digest))
             if team is not None:
                 self._teams.put(digest, (time.monotonic(), team))
                 return team == competition_id
-            pending = session.scalar(
-                select(Job.id).where(
-                    Job.owner_hash == digest,
-                    Job.status.in_(("queued", "running")),
-                    Job.kind == "register",
-                    Job.competition_id == competition_id,
-                ).limit(1)
-            )
+            pending = session.scalar(pending_registration(competition_id, digest))
         return pending is not None
 
     def ensure_board(self, competition_id: int, live: Live) -> None:
