@@ -4,6 +4,7 @@ client-chosen names, ``oldestAt`` and ``/metrics``."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -276,3 +277,48 @@ def test_realtime_metrics_scrape(api: Api, listen: Listen, stack: Any) -> None:
     assert grew("quiz_realtime_commit_to_emit_seconds_count", event="leaderboard_update") >= 1
     assert grew("quiz_realtime_commit_to_emit_seconds_count", event="job_update") >= 1
     assert ("process_cpu_seconds_total", ()) in after
+
+
+def test_every_message_on_the_redis_channels_is_on_the_contract(api: Api, db: Db, settings: Settings) -> None:
+    """Workers, the API and realtime talk through three pub/sub channels; each message there must
+    decode with its Struct: ``changes`` (news and settings), ``jobs`` (finished jobs) and
+    ``socketio`` (python-socketio's envelope around a contract event)."""
+    live = Live(settings)
+    pubsub = live.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(live.changes_channel, live.jobs_channel, live.socketio_channel)
+    try:
+        slug = api.create_competition(maxOpenClaims=2)["slug"]
+        api.add_questions(slug, questions(2))
+        team = api.register(slug, "Owls")
+        answer_right(api, slug, team, "Q1")
+        ok_job(api.claim(slug, team.token, "Q2"))
+        api.set_state(slug, "paused")
+        api.patch_competition(slug, freeze=True)
+
+        received: dict[str, list[bytes]] = {live.changes_channel: [], live.jobs_channel: [],
+                                            live.socketio_channel: []}
+
+        def collect() -> bool:
+            while (message := pubsub.get_message(timeout=0.1)) is not None:
+                received[message["channel"].decode()].append(message["data"])
+            return len(received[live.jobs_channel]) >= 4 and len(received[live.changes_channel]) >= 5
+
+        wait_until(collect, timeout=15, message="the game's messages")
+    finally:
+        pubsub.close()
+        live.redis.close()
+
+    # Every message is decoded, though only this test's competition is looked at more closely.
+    changes = [events.decode_change(raw) for raw in received[live.changes_channel]]
+    assert {type(m) for m in changes if m.competition == slug} == {events.News, events.CompetitionSettings}
+    finished = [events.decode_job_finished(raw) for raw in received[live.jobs_channel]]
+    assert {f.status for f in finished} == {"succeeded"}
+    emitted = set()
+    for raw in received[live.socketio_channel]:
+        envelope = json.loads(raw)
+        if envelope.get("method") != "emit":
+            continue
+        event = events.from_wire(envelope["event"], envelope["data"][0])
+        if event.competition == slug:
+            emitted.add(envelope["event"])
+    assert emitted >= {"score_update", "job_update", "competition_state"}
