@@ -97,7 +97,8 @@ class Event(_Part, tag_field="event"):
     competition: Annotated[str, Meta(description="the competition's slug")]
     at: Annotated[Iso, Meta(description="the commit time of the (newest) change it reports")]
     # Workers publish 0; the realtime server numbers each event as it delivers it.
-    seq: Annotated[int, Meta(description="per connection, only goes up, across every event type")] = 0
+    seq: Annotated[int, Meta(description="numbered by the realtime server as it delivers the event: only goes "
+                                         "up on a connection, across every event type")] = 0
 
 
 class LeaderboardUpdate(Event, kw_only=True, tag="leaderboard_update"):
@@ -168,8 +169,8 @@ class JobUpdate(Event, kw_only=True, tag="job_update"):
     created_at: Iso | None
     finished_at: Iso | None
     links: JobLinks
-    result: dict[str, Any] | None = None
-    error: JobError | None = None
+    result: Annotated[dict[str, Any] | None, Meta(description="left out when the job has none")] = None
+    error: Annotated[JobError | None, Meta(description="left out when the job has none")] = None
 
 
 class TimeUpdate(Event, kw_only=True, tag="time_update"):
@@ -345,14 +346,14 @@ def _description(tp: Any) -> str:
     return ""
 
 
-def _fields_table(cls: type[Struct], skip: Iterable[str] = ()) -> list[str]:
+def _fields_table(cls: type[Struct], skip: Iterable[str] = (), defaults: bool = True) -> list[str]:
     hints = typing.get_type_hints(cls, include_extras=True)
     rows = ["| field | type | notes |", "|---|---|---|"]
     for f in msgspec.structs.fields(cls):
         if f.encode_name in skip:
             continue
         notes = _description(hints[f.name])
-        if f.required is False and f.default is not msgspec.NODEFAULT:
+        if defaults and not f.required and f.default is not msgspec.NODEFAULT:
             notes = (notes + "; " if notes else "") + f"default `{msgspec.json.encode(f.default).decode()}`"
         rows.append(f"| `{f.encode_name}` | {_type_name(hints[f.name])} | {notes} |")
     return rows
@@ -373,7 +374,7 @@ def render_document() -> str:
         "",
         "Every payload carries these fields:",
         "",
-        *_fields_table(Event),
+        *_fields_table(Event, defaults=False),
         "",
     ]
     base = {f.encode_name for f in msgspec.structs.fields(Event)}
