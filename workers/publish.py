@@ -82,10 +82,11 @@ def _outgoing(a: Announcement, at: datetime) -> Outgoing:
     ]
     public = [view for view, c in zip(changes, a.outbox.scores, strict=True)
               if not c.team.disqualified or "disqualified" in c.reason]
-    if public or a.outbox.claimed:
-        # Public news goes to the realtime servers, which merge it into a few broadcasts a second.
+    if public or a.outbox.claimed or a.outbox.released:
+        # Public news goes to the realtime servers, which merge it into a few broadcasts a second,
+        # claims and releases in the order they happened.
         out.news = News(competition=slug, competition_id=a.competition.id, at=stamp, changes=public,
-                        claims=list(a.outbox.claimed))
+                        claims=list(a.outbox.claimed), releases=list(a.outbox.released))
     for view, change in zip(changes, a.outbox.scores, strict=True):
         score = ScoreUpdate(competition=slug, at=stamp, team_name=view.team_name, points=view.points,
                             delta=view.delta, reason=view.reason, rank=view.rank)

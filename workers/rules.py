@@ -68,6 +68,8 @@ class Outbox:
     claimed: list[events.Claim] = field(default_factory=list)
     deadlines: list[Team] = field(default_factory=list)
     standings: list[Team] = field(default_factory=list)
+    # Board questions back on the board, announced (coalesced, in order with claims) as question_released.
+    released: list[events.Release] = field(default_factory=list)
 
 
 _SPACES = re.compile(r"\s+")

@@ -322,3 +322,36 @@ def test_every_message_on_the_redis_channels_is_on_the_contract(api: Api, db: Db
         if event.competition == slug:
             emitted.add(envelope["event"])
     assert emitted >= {"score_update", "job_update", "competition_state"}
+
+
+def test_claims_and_releases_reach_spectators_in_the_order_they_happened(api: Api, db: Db, listen: Listen,
+                                                                       settings: Settings) -> None:
+    """A claim, its expiry and the next team's claim, published back to back as workers do: the
+    first goes out at once, the other two are merged into the next broadcast, which must still
+    show the release before the new claim."""
+    slug = api.create_competition()["slug"]
+    competition_id = db.competition(slug).id
+    spectator = listen(slug)
+    spectator.wait_event("leaderboard_update")
+    seen = mark(spectator)
+    live = Live(settings)
+    news = [
+        {"claims": [events.Claim(question_id="Q1", team_name="Owls")]},
+        {"releases": [events.Release(question_id="Q1", reason="expired")]},
+        {"claims": [events.Claim(question_id="Q1", team_name="Bats")]},
+    ]
+    try:
+        for fields in news:
+            live.publish_change(events.News(competition=slug, competition_id=competition_id, at=iso(utcnow()),
+                                            **fields))
+    finally:
+        live.redis.close()
+
+    def board(events_: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+        return [(n, d) for n, d in events_[seen:] if n in ("question_claimed", "question_released")]
+
+    received = spectator.wait_for(lambda e: len(board(e)) >= 3 and board(e), message="claims and releases")
+    assert [(n, d["questionId"], d.get("teamName") or d["reason"]) for n, d in received] == [
+        ("question_claimed", "Q1", "Owls"), ("question_released", "Q1", "expired"), ("question_claimed", "Q1", "Bats")]
+    assert received[1][1]["releases"] == [{"questionId": "Q1", "reason": "expired"}]
+    assert [d["seq"] for _, d in received] == sorted(d["seq"] for _, d in received)
