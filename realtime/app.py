@@ -248,6 +248,9 @@ class _Pending:
     # How long the last broadcast took to hand to every local client.
     cost: float = 0.0
     timer: bool = False
+    # Public events numbered so far; a connecting client's snapshot is retaken if one went out
+    # while it was being read (see ``connect``).
+    sent: int = 0
     # A broadcast yields (PostgreSQL, Redis); a second one for the competition must wait for it,
     # or its newer changes could reach clients first. (threading.Lock is green once patched.)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -365,7 +368,8 @@ class Coalescer:
         if fresh is not None:
             state.info = fresh
 
-    def _emit(self, event: events.Event, rooms: str | list[str]) -> None:
+    def _emit(self, state: _Pending, event: events.Event, rooms: str | list[str]) -> None:
+        state.sent += 1
         events.emit(self.sio, event, room=rooms, ignore_queue=True)
         name = event.__struct_config__.tag
         oldest = getattr(event, "oldest_at", None) or event.at
@@ -394,16 +398,17 @@ class Coalescer:
                     competition=slug, seq=self.sequence.next(), at=at, oldest_at=oldest,
                     question_id=last.question_id, reason=last.reason,
                     releases=[r for _, r in run])  # type: ignore[misc]
-            self._emit(event, everyone)
+            self._emit(state, event, everyone)
         if not changes and not force:
             return
-        # Read before numbering: the reads yield to other greenlets, which may deliver (and
-        # number) private events meanwhile; a number taken before them would then arrive late.
-        # The board first and the freeze after it: a freeze that lands in between still hides it.
-        self.directory.ensure_board(state.info.id, self.live)
-        rows = self.live.top(state.info.id, state.info.leaderboard_size)
+        # The competition first (a freeze it missed hides this broadcast from spectators), then
+        # the board, then the number with no yield after the read: the reads yield to other
+        # greenlets, which may deliver (and number) events meanwhile, so a number taken before a
+        # read would arrive after larger ones, or carry older standings than a larger one.
         self._reload(state)
         info = state.info
+        self.directory.ensure_board(info.id, self.live)
+        rows = self.live.top(info.id, info.leaderboard_size)
         now = iso(utcnow())
         update = events.LeaderboardUpdate(
             competition=info.slug,
@@ -414,7 +419,7 @@ class Coalescer:
             changes=[c for _, c in changes],
         )
         # During a freeze spectators keep the standings at the freeze; organisers watch live.
-        self._emit(update, organisers_room(info.slug) if info.frozen() else everyone)
+        self._emit(state, update, organisers_room(info.slug) if info.frozen() else everyone)
 
     def refresh(self) -> None:
         """Re-read every competition this process serves: repairs a lost settings message."""
@@ -522,10 +527,17 @@ def create_realtime(settings: Settings, runtime: Runtime) -> Any:
                 if not directory.token_known(info.id, digest):
                     raise socketio.exceptions.ConnectionRefusedError("invalid token")
                 rooms.append(team_room(digest))
-        coalescer.watch(info)
+        # The snapshot is read before the client joins its rooms, and read again if a public
+        # event went out meanwhile; from the read to the emit nothing yields, so the snapshot is
+        # the client's first event and no broadcast with older standings can follow it.
+        state = coalescer.watch(info)
+        for _ in range(3):
+            sent = state.sent
+            update = snapshot(info, organiser)
+            if state.sent == sent:
+                break
         for room in rooms:
             sio.enter_room(sid, room)
-        update = snapshot(info, organiser)
         events.emit(sio, update, room=sid, ignore_queue=True)
         metrics.emitted("leaderboard_update", None)
         metrics.clients.inc()
