@@ -82,6 +82,11 @@ class Settings:
     # Public leaderboard broadcasts per competition are coalesced into at most one per
     # interval; see DESIGN.md "Why the public room is coalesced".
     broadcast_interval: float = 0.25
+    # How often a realtime server re-reads the competitions it serves (state, freeze) from
+    # PostgreSQL, in case a pub/sub message about them was lost.
+    realtime_refresh: float = 1.0
+    # Bearer token for Prometheus scrapes of /metrics; the admin token is accepted too.
+    metrics_token: str = ""
     leaderboard_size: int = 10
     max_wait_seconds: int = 10
     # Requests of one API process that may wait (``Prefer: wait``) at once, each parking a
@@ -148,6 +153,8 @@ class Settings:
             log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
             db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size, minimum=1),
             broadcast_interval=_float(env, "BROADCAST_INTERVAL", cls.broadcast_interval),
+            realtime_refresh=_float(env, "REALTIME_REFRESH", cls.realtime_refresh, minimum=0.1),
+            metrics_token=env.get("METRICS_TOKEN", ""),
             leaderboard_size=_int(env, "LEADERBOARD_SIZE", cls.leaderboard_size, minimum=1),
             max_waiters=_int(env, "MAX_WAITERS", cls.max_waiters),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),

@@ -318,7 +318,8 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
     add("")
     add("Latencies are p50 / p95 / p99 in ms. *HTTP accept*: the round trip of a write answered 202. "
         "*POST-to-job-finished*: from just before the POST to the job's `finishedAt` (the worker's commit). "
-        "*commit-to-event*: from the commit (`at` in the payload) to a spectator's receipt. "
+        "*commit-to-event*: from the commit of the oldest change an event carries (`oldestAt`, else `at`) "
+        "to a spectator's receipt. "
         "CPU is the average over the scenario in % of one core (200 = the whole machine).")
     add("")
     add("| scenario | users | duration | requests/s | jobs completed/s | HTTP accept | POST-to-job-finished "

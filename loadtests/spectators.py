@@ -6,8 +6,11 @@
 Every client connects over the websocket transport with ``auth={"competition": slug}``; a few
 (``--organisers``) also send the organiser token and so join the organisers' room, which gets
 every ``score_update``. For each event the client notes its arrival time; commit-to-event latency
-is arrival minus the payload's ``at`` (the worker's commit time; same machine, same clock). The
-connect-time snapshot (a ``leaderboard_update`` with no changes) is counted but not timed.
+is arrival minus the commit time of the oldest change the event carries: ``oldestAt`` on the
+coalesced broadcasts (``leaderboard_update``, ``question_claimed``), ``at`` on the others (same
+machine, same clock). Measured from ``at`` (the newest change), a coalesced broadcast would hide
+up to a whole coalescing interval of waiting. The connect-time snapshot (a ``leaderboard_update``
+with no changes) is counted but not timed.
 
 The process stops listening at ``--duration`` or on SIGTERM/SIGINT. It then lets the clients
 drain what is still on its way: after each quiet spell of ``--settle`` seconds it reads the final
@@ -136,7 +139,7 @@ class Spectator:
             if not data.get("changes"):
                 tally.snapshots += 1
                 return
-        at = data.get("at")
+        at = data.get("oldestAt") or data.get("at")
         if isinstance(at, str):
             tally.arrival.append(now)
             tally.latency.append((now - tally.commit_time(at)) * 1000)
@@ -250,9 +253,14 @@ class RawSpectator:
             if '"changes":[]' in data or '"changes": []' in data:
                 tally.snapshots += 1
                 return
-        at_pos = data.find('"at":"')
+        # The oldest change's commit time where the event has one (coalesced broadcasts).
+        at_pos = data.find('"oldestAt":"')
+        start = at_pos + 12
+        if at_pos < 0:
+            at_pos = data.find('"at":"')
+            start = at_pos + 6
         if at_pos > 0:
-            at = data[at_pos + 6:data.find('"', at_pos + 6)]
+            at = data[start:data.find('"', start)]
             tally.arrival.append(now)
             tally.latency.append((now - tally.commit_time(at)) * 1000)
             tally.event.append(EVENTS.index(event) if event in EVENTS else -1)

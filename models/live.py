@@ -4,6 +4,11 @@ PostgreSQL stays the source of truth. Workers update this cache after they commi
 realtime servers read it; every write is guarded by the team row's version so updates that
 arrive out of order (two queues finishing for one team) can never move a team backwards,
 and a rebuild from PostgreSQL is always safe.
+
+A board is only trusted once a rebuild from PostgreSQL has marked it complete (a field in its
+hash, so it vanishes with the hash when Redis loses its data). A worker's update after such a
+loss still writes its team, but cannot make the board look whole: readers see no mark and
+rebuild it from PostgreSQL, and rank look-ups answer "unknown" until then.
 """
 
 from __future__ import annotations
@@ -18,7 +23,14 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from models.events import Message, encode, iso
 from settings import Settings
+
+__all__ = ["COMPLETE", "FrozenBoards", "Live", "Standing", "competition_room", "iso", "organisers_room",
+           "redis_client", "team_room", "utcnow"]
+
+# The hash field a full rebuild sets; no team id can collide with it.
+COMPLETE = "_complete"
 
 # KEYS: zset, hash. ARGV: team id, version, member, points, name, visible.
 _UPDATE = """
@@ -49,8 +61,10 @@ end
 return out
 """
 
-# KEYS: zset, hash. ARGV: team id. The 0-based rank, or nil for a hidden or unknown team.
+# KEYS: zset, hash. ARGV: team id. The 0-based rank, or nil for a hidden or unknown team, or
+# while the board is not known to be complete (a rank on part of a board would flatter).
 _RANK = """
+if redis.call('HEXISTS', KEYS[2], '_complete') == 0 then return nil end
 local cur = redis.call('HGET', KEYS[2], ARGV[1])
 if not cur then return nil end
 return redis.call('ZRANK', KEYS[1], cjson.decode(cur)['m'])
@@ -91,11 +105,6 @@ def _member(standing: Standing) -> str:
     return f"{micros:017d}:{standing.team_id}"
 
 
-def iso(at: datetime) -> str:
-    # Always with microseconds, so timestamps of one format also compare as strings.
-    return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -126,6 +135,7 @@ class Live:
         return [f"{self.prefix}:lb:{competition_id}", f"{self.prefix}:lbt:{competition_id}"]
 
     def update(self, competition_id: int, standings: list[Standing], pipe: Any = None) -> None:
+        """Patch some teams' standings (a worker after its commit)."""
         if not standings:
             return
         keys = self._keys(competition_id)
@@ -139,6 +149,17 @@ class Live:
         if pipe is None:
             target.execute()
 
+    def rebuild(self, competition_id: int, standings: list[Standing]) -> None:
+        """Write every team of the competition, read from PostgreSQL, and mark the board complete.
+
+        The mark goes last: a reader that arrives meanwhile rebuilds too, which is harmless, as
+        every write is guarded by the team's version.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        self.update(competition_id, standings, pipe)
+        pipe.hset(self._keys(competition_id)[1], COMPLETE, "1")
+        pipe.execute()
+
     def top(self, competition_id: int, limit: int) -> list[dict[str, Any]]:
         flat = self._top(keys=self._keys(competition_id), args=[limit])
         return [
@@ -151,7 +172,8 @@ class Live:
         self._rank(keys=self._keys(competition_id), args=[team_id], client=pipe)
 
     def has_board(self, competition_id: int) -> bool:
-        return bool(self.redis.exists(self._keys(competition_id)[1]))
+        """Whether the cached board is whole (rebuilt from PostgreSQL since Redis last lost it)."""
+        return bool(self.redis.hexists(self._keys(competition_id)[1], COMPLETE))
 
     def clear(self, competition_id: int) -> None:
         self.redis.delete(*self._keys(competition_id))
@@ -180,8 +202,9 @@ class Live:
         raw = self.redis.get(self._wrong_key(team_id))
         return (int(raw) if raw else 0), 60 - time.time() % 60
 
-    def publish_changes(self, message: dict[str, Any]) -> None:
-        self.redis.publish(self.changes_channel, json.dumps(message))
+    def publish_change(self, message: Message) -> None:
+        """Publish a ``models.events`` message on the changes channel the realtime servers read."""
+        self.redis.publish(self.changes_channel, encode(message))
 
 
 def _text(value: bytes | str) -> str:

@@ -214,6 +214,8 @@ def listen(stack: Stack) -> Iterator[Callable[..., Listener]]:
     yield connect
     for listener in listeners:
         listener.close()
+    for listener in listeners:
+        listener.assert_valid()
 
 
 _log_marks = pytest.StashKey[dict[str, int]]()

@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import requests
 import socketio
 from celery import Celery
@@ -29,6 +30,7 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 import processes
+from models.events import from_wire
 from models.tables import Competition, Job, ScoreEvent, Team
 from settings import Settings
 from workers.routing import TASK_FOR_KIND
@@ -624,22 +626,39 @@ class Db:
 
 
 class Listener:
-    """A python-socketio client that records every event it receives, in order."""
+    """A python-socketio client that records every event it receives, in order.
+
+    Each event is also decoded with the contract's Struct of its name (``models.events``);
+    what does not match exactly is kept in ``invalid``, and the ``listen`` fixture fails the test.
+    """
 
     def __init__(self, url: str, auth: dict[str, Any]) -> None:
         self.url = url
         self.auth = auth
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.received_at: list[float] = []  # time.monotonic() of each event
+        self.invalid: list[str] = []
         self._cond = threading.Condition()
         self.client = socketio.Client(reconnection=False)
         self.client.on("*", self._record)
 
     def _record(self, event: str, data: Any = None) -> None:
+        problem = None
+        try:
+            if from_wire(event, data).seq <= 0:
+                problem = "seq is not positive"
+        except msgspec.ValidationError as exc:
+            problem = str(exc)
         with self._cond:
+            if problem is not None:
+                self.invalid.append(f"{event}: {problem}: {data!r:.300}")
             self.events.append((event, data))
             self.received_at.append(time.monotonic())
             self._cond.notify_all()
+
+    def assert_valid(self) -> None:
+        """Every event received so far matched its type in the contract."""
+        assert not self.invalid, f"{len(self.invalid)} event(s) off the contract: {self.invalid[:3]}"
 
     def connect(self) -> Listener:
         self.client.connect(self.url, auth=self.auth, transports=["websocket"], wait_timeout=10)

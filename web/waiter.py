@@ -18,7 +18,10 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import msgspec
 import redis
+
+from models.events import decode_job_finished
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,11 @@ class JobWaiter:
                     data = message.get("data")
                     if not isinstance(data, bytes):
                         continue
-                    job_id = data.split(b" ", 1)[0].decode()
+                    try:
+                        job_id = decode_job_finished(data).job_id
+                    except msgspec.ValidationError:
+                        log.warning("ignoring a malformed jobs-channel message: %r", data[:200])
+                        continue
                     with self._lock:
                         ticket = self._tickets.get(job_id)
                     if ticket is not None:

@@ -11,14 +11,27 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import socketio
-from sqlalchemy import Row
 
-from models.live import Live, iso, organisers_room, team_room
+from models.events import (
+    Event,
+    JobFinished,
+    JobUpdate,
+    News,
+    ScoreChange,
+    ScoreUpdate,
+    TimeUpdate,
+    encode,
+    iso,
+    job_fields,
+    job_view,
+    to_wire,
+)
+from models.live import Live, organisers_room, team_room
 from models.ranking import standing
 from models.tables import Competition, Job
 from settings import Settings
@@ -26,22 +39,8 @@ from workers.rules import Outbox
 
 log = logging.getLogger(__name__)
 
-
-def job_view(job: Job | Row[Any]) -> dict[str, Any]:
-    """The job as clients see it (REST and ``job_update``)."""
-    view: dict[str, Any] = {
-        "jobId": str(job.id),
-        "kind": job.kind,
-        "status": job.status,
-        "createdAt": iso(job.created_at) if job.created_at else None,
-        "finishedAt": iso(job.finished_at) if job.finished_at else None,
-        "links": {"job": f"/api/v1/jobs/{job.id}"},
-    }
-    if job.result is not None:
-        view["result"] = job.result
-    if job.error is not None:
-        view["error"] = job.error
-    return view
+# Kept importable from here for callers that have not moved to ``models.events`` yet.
+__all__ = ["Announcement", "Publisher", "job_view"]
 
 
 @dataclass
@@ -65,45 +64,41 @@ class BufferedRedisManager(socketio.RedisManager):
             super()._publish(data)
 
 
-# Event name "" marks public news (score changes, claims) for the realtime coalescers, which
-# merge it into a few broadcasts per second, rather than an event sent to clients directly.
-Event = tuple[str, dict[str, Any], Any]
+@dataclass
+class Outgoing:
+    """What one job announces: events for private rooms now, public news for the coalescers."""
+
+    private: list[tuple[Event, str]] = field(default_factory=list)
+    news: News | None = None
 
 
-def _events(a: Announcement, at: datetime) -> list[Event]:
+def _outgoing(a: Announcement, at: datetime) -> Outgoing:
     slug = a.competition.slug
-    events: list[Event] = []
-    if a.outbox.scores:
-        public = [
-            {"teamName": c.name, "points": c.points, "delta": c.delta, "reason": c.reason, "rank": c.rank}
-            for c in a.outbox.scores
-            if not c.team.disqualified or "disqualified" in c.reason
-        ]
-        if public:
-            events.append(("", {"competitionId": a.competition.id, "changes": public}, None))
-        for change in a.outbox.scores:
-            score = {
-                "teamName": change.name,
-                "points": change.points,
-                "delta": change.delta,
-                "reason": change.reason,
-                "rank": change.rank,
-            }
-            events.append(("score_update", score, team_room(change.team.token_hash)))
-            events.append(("score_update", score, organisers_room(slug)))
-    if a.outbox.claimed:
-        # Claims are public broadcasts too, so they are coalesced by the realtime servers.
-        claims = [{"questionId": code, "teamName": team_name} for code, team_name in a.outbox.claimed]
-        events.append(("", {"competitionId": a.competition.id, "changes": [], "claims": claims}, None))
+    stamp = iso(at)
+    out = Outgoing()
+    changes = [
+        ScoreChange(team_name=c.name, points=c.points, delta=c.delta, reason=c.reason, rank=c.rank)
+        for c in a.outbox.scores
+    ]
+    public = [view for view, c in zip(changes, a.outbox.scores, strict=True)
+              if not c.team.disqualified or "disqualified" in c.reason]
+    if public or a.outbox.claimed or a.outbox.released:
+        # Public news goes to the realtime servers, which merge it into a few broadcasts a second,
+        # claims and releases in the order they happened.
+        out.news = News(competition=slug, competition_id=a.competition.id, at=stamp, changes=public,
+                        claims=list(a.outbox.claimed), releases=list(a.outbox.released))
+    for view, change in zip(changes, a.outbox.scores, strict=True):
+        score = ScoreUpdate(competition=slug, at=stamp, team_name=view.team_name, points=view.points,
+                            delta=view.delta, reason=view.reason, rank=view.rank)
+        out.private.append((score, team_room(change.team.token_hash)))
+        out.private.append((score, organisers_room(slug)))
     for team in a.outbox.deadlines:
         remaining = max(0, int((team.deadline - at).total_seconds())) if team.deadline else None
-        events.append((
-            "time_update",
-            {"deadline": iso(team.deadline) if team.deadline else None, "remainingSeconds": remaining},
-            team_room(team.token_hash),
-        ))
-    events.append(("job_update", job_view(a.job), team_room(a.job.owner_hash)))
-    return events
+        deadline = iso(team.deadline) if team.deadline else None
+        out.private.append((TimeUpdate(competition=slug, at=stamp, deadline=deadline, remaining_seconds=remaining),
+                            team_room(team.token_hash)))
+    out.private.append((JobUpdate(competition=slug, at=stamp, **job_fields(a.job)), team_room(a.job.owner_hash)))
+    return out
 
 
 class Publisher:
@@ -118,7 +113,7 @@ class Publisher:
         try:
             pipe = self.live.redis.pipeline(transaction=False)
             for a in announcements:
-                pipe.publish(self.live.jobs_channel, f"{a.job.id} {a.job.status}")
+                pipe.publish(self.live.jobs_channel, encode(JobFinished(job_id=str(a.job.id), status=a.job.status)))
                 if a.job.kind == "submit" and a.job.result is not None and a.job.result.get("correct") is False:
                     self.live.count_wrong_answer(a.job.team_id, pipe)
             pipe.execute()
@@ -145,26 +140,22 @@ class Publisher:
         for (_, change), rank in zip(unranked, results[len(results) - len(unranked):], strict=True):
             change.rank = None if rank is None else int(rank) + 1
 
-        per_job = [(a, _events(a, at)) for a in announcements]
+        outgoing = [_outgoing(a, at) for a in announcements]
 
         # 2. Publish everything in one pipeline. The realtime servers number (``seq``) what they
         #    deliver, so each client sees the numbers in the order it receives the events.
-        stamp = iso(at)
         self.sio.buffer = []
-        changes: list[str] = []
         try:
-            for a, events in per_job:
-                for event, data, room in events:
-                    payload = {"competition": a.competition.slug, "at": stamp, **data}
-                    if event:
-                        self.sio.emit(event, payload, room=room, namespace="/")
-                    else:
-                        changes.append(json.dumps(payload))
+            for out in outgoing:
+                for event, room in out.private:
+                    name, data = to_wire(event)
+                    self.sio.emit(name, data, room=room, namespace="/")
             pipe = self.live.redis.pipeline(transaction=False)
             for message in self.sio.buffer:
                 pipe.publish(self.sio.channel, message)
-            for message in changes:
-                pipe.publish(self.live.changes_channel, message)
+            for out in outgoing:
+                if out.news is not None:
+                    pipe.publish(self.live.changes_channel, encode(out.news))
             pipe.execute()
         finally:
             self.sio.buffer = None

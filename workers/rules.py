@@ -30,6 +30,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
+from models import events
 from models.live import iso
 from models.ranking import rank_of
 from models.tables import Claim, Competition, Job, MysteryBox, Question, ScoreEvent, Submission, Team
@@ -64,9 +65,11 @@ class Outbox:
     """What the job wants announced once its transaction has committed."""
 
     scores: list[ScoreChange] = field(default_factory=list)
-    claimed: list[tuple[str, str]] = field(default_factory=list)
+    claimed: list[events.Claim] = field(default_factory=list)
     deadlines: list[Team] = field(default_factory=list)
     standings: list[Team] = field(default_factory=list)
+    # Board questions back on the board, announced (coalesced, in order with claims) as question_released.
+    released: list[events.Release] = field(default_factory=list)
 
 
 _SPACES = re.compile(r"\s+")
@@ -318,7 +321,7 @@ def claim(session: Session, competition: Competition, job: Job, outbox: Outbox) 
                                              "team_id": team.id})
     if claimed is None:
         raise GameError("question_already_claimed", f"question {question.code!r} is already claimed")
-    outbox.claimed.append((question.code, team.name))
+    outbox.claimed.append(events.Claim(question_id=question.code, team_name=team.name))
     return _question_view(question)
 
 

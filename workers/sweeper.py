@@ -82,7 +82,7 @@ class Sweeper:
                 select(Competition.id).where(Competition.state.in_(("open", "running", "paused")))
             ).all()
             for competition_id in competitions:
-                self.live.update(competition_id, all_standings(session, competition_id))
+                self.live.rebuild(competition_id, all_standings(session, competition_id))
         return len(competitions)
 
     def sweep_once(self) -> None:

@@ -14,12 +14,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models import failpoints
+from models.events import job_view
 from models.tables import Competition, Job
 from web.deps import Deps
 from web.errors import Problem, invalid
 from web.media import write_json
 from workers.enqueue import enqueue
-from workers.publish import job_view
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ import falcon
 from sqlalchemy import bindparam, exists, select
 from sqlalchemy.orm import Session
 
+from models.events import job_view
 from models.live import FrozenBoards, iso, utcnow
 from models.ranking import frozen_board, is_frozen, leaderboard, rank_of
 from models.tables import Claim, Competition, Job, MysteryBox, Question, Submission, Team
@@ -19,7 +20,6 @@ from web.media import read_body, write_json
 from web.ratelimit import too_many
 from web.resources.common import accept_job, get_competition, idempotency_key, next_cursor, page_params
 from web.schemas import BuyMysteryBox, ClaimQuestion, RegisterTeam, SubmitAnswer
-from workers.publish import job_view
 from workers.routing import REGISTRATIONS, board_queue, mystery_queue
 
 

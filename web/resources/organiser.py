@@ -10,6 +10,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from models import events
 from models.live import competition_room, iso, organisers_room, utcnow
 from models.tables import AuditEntry, Claim, Competition, MysteryBox, Question
 from web.auth import bearer, is_admin, require_admin
@@ -140,7 +141,6 @@ class CompetitionItem:
                 )
             competition.state = body.state
         apply_settings(competition, body)
-        old_freeze = competition.freeze_at
         now = utcnow()
         if body.freeze is not None:
             competition.freeze_at = now if body.freeze else None
@@ -151,21 +151,19 @@ class CompetitionItem:
         after = competition_view(competition)
         audit(session, actor, "competition.update", competition.id, slug, before, after)
         session.commit()
+        stamp = iso(now)
         if competition.state != old_state:
-            self.deps.sio.emit(
-                "competition_state",
-                {"competition": slug, "at": iso(now), "state": competition.state},
-                room=[competition_room(slug), organisers_room(slug)], namespace="/",
-            )
+            events.emit(self.deps.sio, events.CompetitionState(competition=slug, at=stamp, state=competition.state),
+                        room=[competition_room(slug), organisers_room(slug)])
         # Realtime servers cache competition settings; tell them what changed.
-        self.deps.live.publish_changes({
-            "type": "competition",
-            "competitionId": competition.id,
-            "competition": slug,
-            "leaderboardSize": competition.leaderboard_size,
-            "freezeAt": iso(competition.freeze_at) if competition.freeze_at else None,
-            "reveal": old_freeze is not None and competition.freeze_at is None,
-        })
+        self.deps.live.publish_change(events.CompetitionSettings(
+            competition=slug,
+            competition_id=competition.id,
+            at=stamp,
+            state=competition.state,
+            leaderboard_size=competition.leaderboard_size,
+            freeze_at=iso(competition.freeze_at) if competition.freeze_at else None,
+        ))
         write_json(resp, after)
 
 
