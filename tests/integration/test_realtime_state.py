@@ -141,7 +141,8 @@ def test_a_redis_that_lost_everything_gets_a_whole_leaderboard_back(api: Api, db
         seen = mark(spectator)
         answer_right(api, slug, teams[1], "Q4")
         update_ = wait_event_after(spectator, "leaderboard_update", seen,
-                                   lambda e: any(c["teamName"] == "Brian" for c in e["changes"]), timeout=30)
+                                   lambda e: any(c["teamName"] == "Brian" and c["points"] == 1400
+                                                 for c in e["changes"]), timeout=30)
         assert update_["leaderboard"] == db.standings(competition_id, 10)
         assert [row["teamName"] for row in update_["leaderboard"]] == ["Brian", "Ada", "Cleo", "Dev"]
     finally:
