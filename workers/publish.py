@@ -18,7 +18,7 @@ from typing import Any
 import socketio
 from sqlalchemy import Row
 
-from models.live import Live, iso, organisers_room, team_room
+from models.live import Live, competition_room, iso, organisers_room, team_room
 from models.ranking import standing
 from models.tables import Competition, Job
 from settings import Settings
@@ -95,6 +95,10 @@ def _events(a: Announcement, at: datetime) -> list[Event]:
         # Claims are public broadcasts too, so they are coalesced by the realtime servers.
         claims = [{"questionId": code, "teamName": team_name} for code, team_name in a.outbox.claimed]
         events.append(("", {"competitionId": a.competition.id, "changes": [], "claims": claims}, None))
+    for code, reason in a.outbox.released:
+        # Rare (a timeout, a disqualification, an organiser), so sent at once, not coalesced.
+        events.append(("question_released", {"questionId": code, "reason": reason},
+                       [competition_room(slug), organisers_room(slug)]))
     for team in a.outbox.deadlines:
         remaining = max(0, int((team.deadline - at).total_seconds())) if team.deadline else None
         events.append((
