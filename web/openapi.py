@@ -238,6 +238,9 @@ class AuditRow(Out):
     target: str | None
     before: dict[str, Any] | None
     after: dict[str, Any] | None
+    # Written in the transaction that applied or refused the action.
+    outcome: Literal["applied", "refused"]
+    job_id: str | None
 
 
 class AuditPage(Out):

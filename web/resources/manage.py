@@ -438,7 +438,8 @@ class AuditLog:
         entries = session.scalars(query.order_by(AuditEntry.id).limit(limit).offset(offset)).all()
         items = [
             {"id": e.id, "at": iso(e.at), "actor": e.actor, "action": e.action, "target": e.target,
-             "before": e.before, "after": e.after}
+             "before": e.before, "after": e.after, "outcome": e.outcome or "applied",
+             "jobId": str(e.job_id) if e.job_id else None}
             for e in entries
         ]
         write_json(resp, {"items": items, "nextCursor": next_cursor(offset, limit, len(items))})
