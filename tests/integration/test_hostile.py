@@ -77,7 +77,8 @@ def _age_boxes(db: Db, competition_id: int, seconds: int) -> None:
 
 
 def _jobs_of(db: Db, competition_id: int, kind: str) -> list[Job]:
-    return _entities(db, select(Job).where(Job.competition_id == competition_id, Job.kind == kind).order_by(Job.created_at))
+    return _entities(db, select(Job).where(Job.competition_id == competition_id, Job.kind == kind)
+                     .order_by(Job.created_at))
 
 
 def _wait_jobs_of(db: Db, competition_id: int, kind: str, count: int) -> list[Job]:
@@ -90,8 +91,9 @@ def _wait_jobs_of(db: Db, competition_id: int, kind: str, count: int) -> list[Jo
 
 
 def _audit(db: Db, competition_id: int, action: str) -> list[AuditEntry]:
-    return _entities(db, select(AuditEntry).where(AuditEntry.competition_id == competition_id, AuditEntry.action == action)
-                  .order_by(AuditEntry.id))
+    return _entities(db, select(AuditEntry)
+                     .where(AuditEntry.competition_id == competition_id, AuditEntry.action == action)
+                     .order_by(AuditEntry.id))
 
 
 # -- 1. claims expire and can be released -----------------------------------------------------------
