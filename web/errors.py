@@ -84,7 +84,7 @@ def validation_problem(exc: msgspec.ValidationError, where: str = "body") -> Pro
     return invalid(field, message)
 
 
-_KINDS = {
+STATUS_KINDS = {
     400: ("bad-request", "Bad request"),
     401: ("unauthorized", "Authentication required"),
     403: ("forbidden", "Forbidden"),
@@ -102,7 +102,7 @@ _KINDS = {
 
 def problem_body(error: falcon.HTTPError) -> dict[str, Any]:
     status = error.status_code
-    kind, default_title = _KINDS.get(status, ("error", "Error"))
+    kind, default_title = STATUS_KINDS.get(status, ("error", "Error"))
     if isinstance(error, Problem):
         kind = error.kind
     body: dict[str, Any] = {

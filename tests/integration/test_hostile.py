@@ -550,10 +550,13 @@ def test_headers_of_any_length_and_shape_get_a_4xx(api: Api, db: Db) -> None:
                     {"Authorization": "Basic abc"}, {"Authorization": "Bearer"},
                     {"Idempotency-Key": "\x7f" * 10}, {"Prefer": "wait=-1, wait=" + "0" * 3000}):
         resp = api.request("GET", comp(slug, "/teams/me"), headers=headers)
+        # Even what gunicorn itself refuses (a control character in a header) is problem+json.
+        problem(resp, resp.status_code)
         assert 400 <= resp.status_code < 500, (headers.keys(), resp.status_code)
     for path in ("/api/v1/competitions/%00/leaderboard", "/api/v1/competitions/" + "a" * 5000,
                  comp(slug, "/questions/%00"), comp(slug, "/questions") + "?category=%00"):
         resp = api.admin("GET", path)
+        problem(resp, resp.status_code)
         assert 400 <= resp.status_code < 500, (path[:80], resp.status_code, resp.text[:200])
         assert "psycopg" not in resp.text and "invalid byte sequence" not in resp.text and "0x00" not in resp.text
     assert db.scalar(select(func.count()).select_from(Claim).where(Claim.team_id == team.id)) == 1
