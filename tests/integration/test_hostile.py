@@ -40,8 +40,10 @@ from tests.support import (
     concurrently,
     expect,
     failed_with,
+    insert_job,
     ok_job,
     questions,
+    send,
     unique,
     wait_until,
 )
@@ -296,6 +298,21 @@ def test_a_registration_code_gates_registration(api: Api, db: Db) -> None:
     assert api.patch_competition(slug, registrationCode=None)["registrationCodeRequired"] is False
     api.register(slug, "Walk-in")
     assert team.token != ""
+
+
+def test_a_code_changed_after_the_request_is_checked_again_by_the_worker(api: Api, db: Db,
+                                                                         celery: Celery) -> None:
+    slug = api.create_competition(registrationCode="first-code")["slug"]
+    competition_id = db.competition(slug).id
+    # Accepted under the first code, applied after the organisers changed it.
+    job_id = insert_job(db, competition_id=competition_id, kind="register", queue="registrations",
+                        token=unique("token"), team_id=None,
+                        payload={"teamName": "Late", "members": [], "email": None, "registrationCode": "first-code"})
+    api.patch_competition(slug, registrationCode="second-code")
+    send(celery, job_id, "register", "registrations")
+    [job] = _wait_jobs_of(db, competition_id, "register", 1)
+    assert (job.status, job.error["code"]) == ("failed", "registration_code_invalid")
+    assert db.teams(competition_id) == []
 
 
 def test_registrations_per_address_are_limited(settings: Settings, api: Api, db: Db) -> None:
