@@ -330,9 +330,9 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                     + "When the competition has a registration code, a registration without the right "
                       "`registrationCode` is refused with 403 registration-code-invalid and no job is made. "
                       "A replay with the same Idempotency-Key returns the original job; it carries the "
-                      "teamToken again only when the key has 128 bits or more (a UUID, or 24+ random "
-                      "characters). Registrations per client address are limited (RATE_LIMIT_REGISTER_IP per "
-                      "RATE_LIMIT_REGISTER_WINDOW). Job errors: " + JOB_ERRORS),
+                      "teamToken again only when the key has 128 bits or more (a UUID, or e.g. "
+                      "secrets.token_urlsafe(24)). Registrations per client address are limited "
+                      "(RATE_LIMIT_REGISTER_IP per RATE_LIMIT_REGISTER_WINDOW). Job errors: " + JOB_ERRORS),
         "get": _op("List teams with points, rank, claims and answers", "organisers", ADMIN,
                    {200: ("A page", TeamPage)}, params=(SLUG, LIMIT, CURSOR)),
     },
