@@ -121,9 +121,12 @@ def test_the_fuzzed_document_is_the_served_one(fuzz_api: Api) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def _announce_seed(request: pytest.FixtureRequest) -> None:
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
     line = f"fuzz seed {SEED} ({MAX_EXAMPLES} examples per operation); replay with FUZZ_SEED={SEED}"
-    if reporter is not None:
-        reporter.write_line(line)
+    if reporter is not None and capture is not None:
+        # Past pytest's capture, so the seed is on the terminal whether the run passes or fails.
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
     print(line)
 
 
