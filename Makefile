@@ -2,7 +2,7 @@
 PYTHON ?= python3
 ARGS ?=
 
-.PHONY: run test lint bench venv
+.PHONY: run test lint bench venv fuzz
 
 run:
 	$(PYTHON) manage.py up --seed
@@ -10,6 +10,11 @@ run:
 # make test ARGS="-k claims -x"
 test:
 	$(PYTHON) manage.py test $(ARGS)
+
+# The schema fuzz test, long: 200 examples per operation with a fresh seed (FUZZ_SEED=<n> replays one).
+FUZZ_EXAMPLES ?= 200
+fuzz:
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PYTHON) manage.py test tests/integration/test_fuzz.py $(ARGS)
 
 lint: venv
 	.venv/bin/ruff check .

@@ -612,16 +612,29 @@ class Redis(EmbeddedServer):
         return f"redis://{LOOPBACK}:{self.port}/0"
 
 
+APP_DB_ROLE = "quiz_app"
+
+
+def app_database_url(database_url: str) -> str:
+    """The same server and database as the app's own role, without a password: for the embedded
+    cluster and a trust-auth server (CI). Elsewhere set APP_DATABASE_URL yourself."""
+    parts = urllib.parse.urlsplit(database_url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, f"{APP_DB_ROLE}@{host}", parts.path, parts.query, parts.fragment))
+
+
 @dataclass(frozen=True)
 class Profile:
     root: Path
     durable: bool
     database: str  # the one DATABASE_URL names
     extra_databases: tuple[str, ...] = ()
+    # The stack runs as APP_DATABASE_URL's role (`test` and `bench` make databases of their own).
+    app_role: bool = False
 
 
 # `test` has its own servers so a test run can never touch the data of a running `up`.
-UP = Profile(DATA, durable=True, database="quiz")
+UP = Profile(DATA, durable=True, database="quiz", app_role=True)
 SERVICES = Profile(DATA, durable=True, database="quiz", extra_databases=("quiz_test",))
 TEST = Profile(DATA / "test", durable=False, database="quiz_test")
 
@@ -642,6 +655,9 @@ class Services:
             for database in (self.profile.database, *self.profile.extra_databases):
                 self.postgres.ensure_database(database)
             urls["DATABASE_URL"] = self.postgres.url(self.profile.database)
+        if self.profile.app_role:
+            # Migrations run as DATABASE_URL's role and create this one for the app processes.
+            urls["APP_DATABASE_URL"] = self.env.get("APP_DATABASE_URL") or app_database_url(urls["DATABASE_URL"])
         if self.redis is not None:
             self.redis.start()
             urls["REDIS_URL"] = self.redis.url()

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 - the documented development default
+# Signs registration tokens outside production only; production must set its own SECRET_KEY.
+DEV_SECRET_KEY = "dev-secret-key-not-for-production"  # noqa: S105
+MIN_SECRET_KEY = 32
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
 class SettingsError(ValueError):
@@ -53,10 +57,30 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     return value
 
 
+def _is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def weak_secret(value: str, minimum: int) -> str | None:
+    """Why a secret is too weak to guard production, or None: long enough and not a pattern."""
+    if len(value) < minimum:
+        return f"is shorter than {minimum} characters"
+    if len(set(value)) < 8:
+        return "repeats too few different characters"
+    lowered = value.lower()
+    if any(word in lowered for word in ("changeme", "change-me", "secret-key", "dev-", "example", "password")):
+        return "looks like a placeholder"
+    return None
+
+
 @dataclass(frozen=True)
 class Settings:
     environment: str = "development"
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/quiz"
+    # What the app processes (API, workers, sweeper, realtime) connect as: a role that owns no
+    # table, so it cannot disable the audit log's append-only trigger. Migrations use
+    # database_url (the owner), and create this role. Empty: the app uses database_url too.
+    app_database_url: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
     admin_token: str = DEV_ADMIN_TOKEN
     board_queues: int = 4
@@ -85,8 +109,6 @@ class Settings:
     # How often a realtime server re-reads the competitions it serves (state, freeze) from
     # PostgreSQL, in case a pub/sub message about them was lost.
     realtime_refresh: float = 1.0
-    # Bearer token for Prometheus scrapes of /metrics; the admin token is accepted too.
-    metrics_token: str = ""
     leaderboard_size: int = 10
     max_wait_seconds: int = 10
     # Requests of one API process that may wait (``Prefer: wait``) at once, each parking a
@@ -97,12 +119,24 @@ class Settings:
     sweep_after: float = 15.0
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     redis_prefix: str = "quiz"
-    # Derives deterministic registration tokens for idempotent retries; defaults to the admin token.
-    secret_key: str = ""
+    # Signs team tokens from a random per-registration seed (so a replay can return the token).
+    # Required in production, and never the admin token.
+    secret_key: str = DEV_SECRET_KEY
     # Writes allowed per window, per team and per client address (0 turns a limit off).
     rate_limit_window: int = 10
     rate_limit_team: int = 100
     rate_limit_ip: int = 1000
+    # Reads (GET) allowed per window, per team token and per client address.
+    rate_limit_read_team: int = 600
+    rate_limit_read_ip: int = 6000
+    # Registrations per client address per registration window. A school hall behind one NAT
+    # registers all its teams in a few minutes: 200 per 10 minutes covers two hundred teams.
+    rate_limit_register_ip: int = 200
+    rate_limit_register_window: int = 600
+    # A second bearer token that may read /metrics only (Prometheus); the admin token may too.
+    metrics_token: str = ""
+    # Finished jobs older than this are purged by the sweeper (their Idempotency-Keys with them).
+    job_retention_seconds: int = 7 * 24 * 3600
     # A worker applies up to this many waiting jobs of its queue in one transaction.
     worker_batch_size: int = 50
     # Wrong answers allowed per team per minute before submissions are refused with 429.
@@ -118,17 +152,45 @@ class Settings:
     def production(self) -> bool:
         return self.environment == "production"
 
+    @property
+    def app_database(self) -> str:
+        """The URL the app processes connect with (see ``app_database_url``)."""
+        return self.app_database_url or self.database_url
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         environment = env.get("QUIZ_ENV", "development")
+        production = environment == "production"
         admin_token = env.get("ADMIN_TOKEN", "")
+        api_host = env.get("API_HOST", cls.api_host)
+        realtime_host = env.get("REALTIME_HOST", cls.realtime_host)
         if not admin_token:
-            if environment == "production":
+            if production:
                 raise SettingsError("ADMIN_TOKEN must be set when QUIZ_ENV=production")
+            # The well-known development token must not guard a server others can reach.
+            exposed = [h for h in (api_host, realtime_host) if not _is_loopback(h)]
+            if exposed:
+                raise SettingsError(
+                    f"ADMIN_TOKEN must be set when listening on {exposed[0]}: the development token "
+                    "only works on 127.0.0.1")
             admin_token = DEV_ADMIN_TOKEN
-        elif environment == "production" and len(admin_token) < 16:
-            raise SettingsError("ADMIN_TOKEN must be at least 16 characters in production")
+        elif production and (len(admin_token) < 16 or admin_token == DEV_ADMIN_TOKEN):
+            raise SettingsError("ADMIN_TOKEN must be at least 16 characters in production, "
+                                "and not the development token")
+        secret_key = env.get("SECRET_KEY", "")
+        if production:
+            if not secret_key:
+                raise SettingsError("SECRET_KEY must be set when QUIZ_ENV=production "
+                                    "(e.g. `openssl rand -hex 32`)")
+            weakness = weak_secret(secret_key, MIN_SECRET_KEY)
+            if weakness:
+                raise SettingsError(f"SECRET_KEY {weakness}; use e.g. `openssl rand -hex 32`")
+        if secret_key and secret_key == admin_token:
+            raise SettingsError("SECRET_KEY must differ from ADMIN_TOKEN")
+        metrics_token = env.get("METRICS_TOKEN", "")
+        if metrics_token and production and weak_secret(metrics_token, 16):
+            raise SettingsError(f"METRICS_TOKEN {weak_secret(metrics_token, 16)}")
         async_mode = env.get("REALTIME_ASYNC_MODE", "eventlet")
         if async_mode not in ("eventlet", "gevent", "threading"):
             raise SettingsError(f"REALTIME_ASYNC_MODE must be eventlet, gevent or threading, got {async_mode!r}")
@@ -136,15 +198,16 @@ class Settings:
         return cls(
             environment=environment,
             database_url=_normalise_db_url(env.get("DATABASE_URL", cls.database_url)),
+            app_database_url=_normalise_db_url(env.get("APP_DATABASE_URL", "")),
             redis_url=env.get("REDIS_URL", cls.redis_url),
             admin_token=admin_token,
             board_queues=_int(env, "BOARD_QUEUES", cls.board_queues, minimum=1),
             mystery_shards=_int(env, "MYSTERY_SHARDS", cls.mystery_shards, minimum=1),
-            api_host=env.get("API_HOST", cls.api_host),
+            api_host=api_host,
             api_port=_int(env, "API_PORT", cls.api_port, minimum=1),
             api_workers=_int(env, "API_WORKERS", cls.api_workers, minimum=1),
             api_threads=_int(env, "API_THREADS", cls.api_threads, minimum=1),
-            realtime_host=env.get("REALTIME_HOST", cls.realtime_host),
+            realtime_host=realtime_host,
             realtime_port=_int(env, "REALTIME_PORT", cls.realtime_port, minimum=1),
             realtime_async_mode=async_mode,
             realtime_processes=_int(env, "REALTIME_PROCESSES", cls.realtime_processes, minimum=1),
@@ -154,7 +217,6 @@ class Settings:
             db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size, minimum=1),
             broadcast_interval=_float(env, "BROADCAST_INTERVAL", cls.broadcast_interval),
             realtime_refresh=_float(env, "REALTIME_REFRESH", cls.realtime_refresh, minimum=0.1),
-            metrics_token=env.get("METRICS_TOKEN", ""),
             leaderboard_size=_int(env, "LEADERBOARD_SIZE", cls.leaderboard_size, minimum=1),
             max_waiters=_int(env, "MAX_WAITERS", cls.max_waiters),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
@@ -162,10 +224,17 @@ class Settings:
             sweep_after=_float(env, "SWEEP_AFTER", cls.sweep_after),
             cors_origins=origins,
             redis_prefix=env.get("REDIS_PREFIX", cls.redis_prefix),
-            secret_key=env.get("SECRET_KEY", "") or admin_token,
+            secret_key=secret_key or DEV_SECRET_KEY,
             rate_limit_window=_int(env, "RATE_LIMIT_WINDOW", cls.rate_limit_window, minimum=1),
             rate_limit_team=_int(env, "RATE_LIMIT_TEAM", cls.rate_limit_team),
             rate_limit_ip=_int(env, "RATE_LIMIT_IP", cls.rate_limit_ip),
+            rate_limit_read_team=_int(env, "RATE_LIMIT_READ_TEAM", cls.rate_limit_read_team),
+            rate_limit_read_ip=_int(env, "RATE_LIMIT_READ_IP", cls.rate_limit_read_ip),
+            rate_limit_register_ip=_int(env, "RATE_LIMIT_REGISTER_IP", cls.rate_limit_register_ip),
+            rate_limit_register_window=_int(env, "RATE_LIMIT_REGISTER_WINDOW", cls.rate_limit_register_window,
+                                            minimum=1),
+            metrics_token=metrics_token,
+            job_retention_seconds=_int(env, "JOB_RETENTION_SECONDS", cls.job_retention_seconds, minimum=60),
             worker_batch_size=_int(env, "WORKER_BATCH_SIZE", cls.worker_batch_size, minimum=1),
             wrong_answer_limit=_int(env, "WRONG_ANSWER_LIMIT", cls.wrong_answer_limit),
             failpoints_dir=env.get("FAILPOINTS_DIR", ""),

@@ -164,13 +164,17 @@ class Stack:
         api_port = free_port(int(base_env.get("BENCH_API_PORT", "18000")))
         rt_ports = [free_port(api_port + 1)]
         rt_ports.append(free_port(rt_ports[0] + 1))
-        env = {k: v for k, v in base_env.items() if not k.startswith("QUIZ_") and k != "ADMIN_TOKEN"}
+        env = {k: v for k, v in base_env.items()
+               if not k.startswith("QUIZ_") and k not in ("ADMIN_TOKEN", "APP_DATABASE_URL")}
         env.update({
             "QUIZ_ENV": "production",
             "DATABASE_URL": services.database_url,
             "REDIS_URL": services.redis_url,
             "REDIS_PREFIX": f"bench-{services.database}",
             "ADMIN_TOKEN": secrets.token_hex(24),
+            "SECRET_KEY": secrets.token_hex(32),
+            # Thousands of simulated teams register from 127.0.0.1.
+            "RATE_LIMIT_REGISTER_IP": "0",
             "API_PORT": str(api_port),
             "REALTIME_PORT": str(rt_ports[0]),
             "LOG_LEVEL": base_env.get("LOG_LEVEL", "WARNING"),
@@ -178,7 +182,8 @@ class Stack:
         })
         if not rate_limits:
             # Every simulated team shares 127.0.0.1 and plays with no think time; see README.
-            env.update({"RATE_LIMIT_IP": "0", "RATE_LIMIT_TEAM": "0", "WRONG_ANSWER_LIMIT": "0"})
+            env.update({"RATE_LIMIT_IP": "0", "RATE_LIMIT_TEAM": "0", "WRONG_ANSWER_LIMIT": "0",
+                        "RATE_LIMIT_READ_IP": "0", "RATE_LIMIT_READ_TEAM": "0"})
         settings = Settings.from_env(env)
         log_dir.mkdir(parents=True, exist_ok=True)
         return cls(env, log_dir, api_port, rt_ports, all_queues(settings))

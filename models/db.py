@@ -10,8 +10,9 @@ from settings import Settings
 
 def make_engine(settings: Settings, pool_size: int | None = None) -> Engine:
     size = pool_size or settings.db_pool_size
+    # The app's role (APP_DATABASE_URL), not the owner that migrations run as.
     return create_engine(
-        settings.database_url,
+        settings.app_database,
         pool_size=size,
         max_overflow=size,
         # No ping per checkout: a dropped connection fails one query, is invalidated with the

@@ -40,7 +40,10 @@ DIFFICULTIES = ("EASY", "MEDIUM", "HARD")
 QUESTION_KINDS = ("board", "mystery")
 BOX_STATES = ("open", "answered", "forfeited")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed")
-JOB_KINDS = ("register", "claim", "submit", "mystery_buy", "mystery_forfeit", "adjust", "team_update")
+JOB_KINDS = ("register", "claim", "submit", "mystery_buy", "mystery_forfeit", "adjust", "team_update",
+             "claim_release", "mystery_expire")
+RELEASE_REASONS = ("expired", "disqualified", "organiser")
+AUDIT_OUTCOMES = ("applied", "refused")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -69,6 +72,7 @@ class Competition(Base):
         CheckConstraint("time_limit_seconds IS NULL OR time_limit_seconds > 0", name="time_limit"),
         CheckConstraint("wrong_answer_penalty >= 0", name="penalty"),
         CheckConstraint("leaderboard_size BETWEEN 1 AND 1000", name="leaderboard_size"),
+        CheckConstraint("claim_timeout_seconds IS NULL OR claim_timeout_seconds > 0", name="claim_timeout"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -88,6 +92,10 @@ class Competition(Base):
     reward_medium: Mapped[int] = mapped_column(Integer, server_default="200")
     reward_hard: Mapped[int] = mapped_column(Integer, server_default="300")
     freeze_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # An unanswered claim (or open mystery box) older than this goes back; None: never.
+    claim_timeout_seconds: Mapped[int | None] = mapped_column(Integer, server_default="600")
+    # When set, a registration must carry it (a shared secret handed out in the hall).
+    registration_code: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _created()
 
@@ -101,7 +109,8 @@ class Competition(Base):
 class Team(Base):
     __tablename__ = "teams"
     __table_args__ = (
-        Index("uq_teams_competition_id_lower_name", "competition_id", sql("lower(name)"), unique=True),
+        # name_key is models.names.name_key(name): NFKC, casefolded, whitespace collapsed.
+        Index("uq_teams_competition_id_name_key", "competition_id", "name_key", unique=True),
         Index("ix_teams_ranking", "competition_id", sql("points DESC"), "points_at", "id"),
         CheckConstraint("points >= 0", name="points"),
         CheckConstraint("char_length(name) BETWEEN 1 AND 64", name="name_length"),
@@ -110,6 +119,7 @@ class Team(Base):
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     competition_id: Mapped[int] = mapped_column(ForeignKey("competitions.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(Text)
+    name_key: Mapped[str] = mapped_column(Text)
     members: Mapped[list[str]] = mapped_column(JSONB, server_default=sql("'[]'::jsonb"))
     email: Mapped[str | None] = mapped_column(Text)
     token_hash: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
@@ -150,13 +160,31 @@ class Question(Base):
 
 class Claim(Base):
     __tablename__ = "claims"
-    __table_args__ = (Index("ix_claims_team_id", "team_id"),)
+    __table_args__ = (Index("ix_claims_team_id", "team_id"), Index("ix_claims_claimed_at", "claimed_at"))
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     competition_id: Mapped[int] = mapped_column(ForeignKey("competitions.id", ondelete="CASCADE"))
     question_id: Mapped[int] = mapped_column(ForeignKey("questions.id", ondelete="CASCADE"), unique=True)
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
     claimed_at: Mapped[datetime] = _created()
+
+
+class ClaimRelease(Base):
+    """A claim that went back to the board unanswered, so the team's late answer is told why."""
+
+    __tablename__ = "claim_releases"
+    __table_args__ = (
+        Index("ix_claim_releases_team_id_question_id", "team_id", "question_id"),
+        CheckConstraint(_in("reason", RELEASE_REASONS), name="reason"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    competition_id: Mapped[int] = mapped_column(ForeignKey("competitions.id", ondelete="CASCADE"))
+    question_id: Mapped[int] = mapped_column(ForeignKey("questions.id", ondelete="CASCADE"))
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    reason: Mapped[str] = mapped_column(Text)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    released_at: Mapped[datetime] = _created()
 
 
 class Submission(Base):
@@ -187,6 +215,7 @@ class MysteryBox(Base):
             unique=True,
             postgresql_where=sql("state <> 'forfeited'"),
         ),
+        Index("ix_mystery_boxes_open_since", "created_at", postgresql_where=sql("state = 'open'")),
         CheckConstraint(_in("state", BOX_STATES), name="state"),
         CheckConstraint(_in("difficulty", DIFFICULTIES), name="difficulty"),
         CheckConstraint("price >= 0 AND reward >= 0", name="money"),
@@ -202,6 +231,8 @@ class MysteryBox(Base):
     state: Mapped[str] = mapped_column(Text, server_default="open")
     created_at: Mapped[datetime] = _created()
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Why a forfeited box closed: forfeit (the team), expired, disqualified.
+    closed_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class ScoreEvent(Base):
@@ -236,6 +267,13 @@ class Job(Base):
         Index("ix_jobs_queued_by_queue", "queue", "created_at", postgresql_where=sql("status = 'queued'")),
         # The sweeper's scan: only unfinished jobs are indexed.
         Index("ix_jobs_unfinished", "created_at", postgresql_where=sql("status IN ('queued', 'running')")),
+        # An unknown bearer token is looked up by its hash (GET /jobs/{id}, Socket.IO connect).
+        Index("ix_jobs_owner_hash", "owner_hash"),
+        # The sweeper purges finished jobs past the retention period.
+        Index("ix_jobs_finished", "finished_at", postgresql_where=sql("status IN ('succeeded', 'failed')")),
+        # A registration has no owner until applied, so its Idempotency-Key is unique per competition.
+        Index("uq_jobs_registration_key", "competition_id", "idempotency_key", unique=True,
+              postgresql_where=sql("kind = 'register' AND idempotency_key IS NOT NULL")),
         CheckConstraint(_in("status", JOB_STATUSES), name="status"),
         CheckConstraint(_in("kind", JOB_KINDS), name="kind"),
     )
@@ -252,6 +290,9 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     idempotency_key: Mapped[str | None] = mapped_column(Text)
+    # A registration's team token is HMAC(SECRET_KEY, token_seed): random, never from the request,
+    # and recoverable for a replay with a high-entropy Idempotency-Key.
+    token_seed: Mapped[bytes | None] = mapped_column(LargeBinary)
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -260,7 +301,10 @@ class Job(Base):
 
 class AuditEntry(Base):
     __tablename__ = "audit_log"
-    __table_args__ = (Index("ix_audit_log_competition_id_at", "competition_id", "at"),)
+    __table_args__ = (
+        Index("ix_audit_log_competition_id_at", "competition_id", "at"),
+        CheckConstraint("outcome IS NULL OR " + _in("outcome", AUDIT_OUTCOMES), name="outcome"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     competition_id: Mapped[int | None] = mapped_column(ForeignKey("competitions.id", ondelete="SET NULL"))
@@ -269,4 +313,7 @@ class AuditEntry(Base):
     target: Mapped[str | None] = mapped_column(Text)
     before: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # Written in the transaction that applied or refused the action (None: rows from before 0006).
+    outcome: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     at: Mapped[datetime] = _created()

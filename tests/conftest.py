@@ -46,8 +46,12 @@ def redis_url_with_db(url: str, db: int) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
 
 
-def database_url_for(server_url: str, database: str) -> str:
-    return make_url(server_url).set(database=database).render_as_string(hide_password=False)
+def database_url_for(server_url: str, database: str, username: str | None = None) -> str:
+    url = make_url(server_url).set(database=database)
+    if username is not None:
+        # The app's role: no password, which a trust-auth server (this machine's, CI's) accepts.
+        url = url.set(username=username, password=None)
+    return url.render_as_string(hide_password=False)
 
 
 def _server_engine(server_url: str) -> Engine:
@@ -86,9 +90,14 @@ def test_env() -> Iterator[dict[str, str]]:
 
 def _test_env(server_url: str, redis_url: str) -> Iterator[dict[str, str]]:
     name = f"quiz_test_{uuid.uuid4().hex[:10]}"
+    # Roles are server-wide, so each run has its own, created by the migration below.
+    app_role = f"{name}_app"
     api_port = free_port()
     env = {
         "DATABASE_URL": database_url_for(server_url, name),
+        # The stack connects as a non-superuser role, as in production; migrations as the owner.
+        "APP_DATABASE_URL": database_url_for(server_url, name, username=app_role),
+        "SECRET_KEY": "test-" + uuid.uuid4().hex + uuid.uuid4().hex,
         "REDIS_URL": redis_url,
         "REDIS_PREFIX": f"quiztest{uuid.uuid4().hex[:8]}",
         "ADMIN_TOKEN": ADMIN_TOKEN,
@@ -109,6 +118,8 @@ def _test_env(server_url: str, redis_url: str) -> Iterator[dict[str, str]]:
         "DB_POOL_SIZE": "5",
         # Every test client shares 127.0.0.1; the per-address limit would model one client, not hundreds.
         "RATE_LIMIT_IP": "1000000",
+        "RATE_LIMIT_READ_IP": "1000000",
+        "RATE_LIMIT_REGISTER_IP": "1000000",
         "LOG_LEVEL": "INFO",
     }
     server = _server_engine(server_url)
@@ -123,6 +134,7 @@ def _test_env(server_url: str, redis_url: str) -> Iterator[dict[str, str]]:
     finally:
         with server.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'DROP ROLE IF EXISTS "{app_role}"'))
         server.dispose()
 
 

@@ -29,9 +29,11 @@ def _integrity_conflict(req: falcon.Request, resp: falcon.Response, ex: Integrit
 
 def _unstorable(req: falcon.Request, resp: falcon.Response, ex: DataError, params: dict) -> None:
     # Input the schema let through but PostgreSQL cannot store (a range or encoding limit).
+    # PostgreSQL's own message stays in the log: it can quote the schema and the stored values.
     log.info("data error on %s %s: %s", req.method, req.path, ex.orig)
     raise Problem(falcon.HTTP_422, "validation-error", "Request validation failed",
-                  "a value is out of range or cannot be stored", errors=[{"field": "body", "message": str(ex.orig)}])
+                  "a value is out of range or cannot be stored",
+                  errors=[{"field": "body", "message": "a value is out of range or cannot be stored"}])
 
 
 def _unavailable(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict) -> None:
@@ -78,6 +80,7 @@ def create_app(settings: Settings, deps: Deps | None = None) -> falcon.App:
     app.add_route(comp + "/audit", manage.AuditLog(deps))
     app.add_route(comp + "/teams/me", game.TeamMe(deps))
     app.add_route(comp + "/claims", game.Claims(deps))
+    app.add_route(comp + "/claims/{code}", manage.ClaimItem(deps))
     app.add_route(comp + "/submissions", game.Submissions(deps))
     app.add_route(comp + "/mystery-boxes", game.MysteryBoxes(deps))
     app.add_route(comp + "/mystery-boxes/current", game.CurrentMysteryBox(deps))

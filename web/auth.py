@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import secrets
 
 import falcon
@@ -14,19 +15,44 @@ from sqlalchemy.orm import Session
 
 from models.tables import Competition, Team
 from settings import Settings
-from web.errors import Problem
+from web.errors import Problem, check_slug, competition_not_found
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="quiz"'}
 
 
-def new_token() -> str:
-    return secrets.token_urlsafe(32)
+def new_token_seed() -> bytes:
+    return secrets.token_bytes(32)
 
 
-def registration_token(settings: Settings, slug: str, key: str) -> str:
-    secret = (settings.secret_key or settings.admin_token).encode()
-    digest = hmac.new(secret, f"register|{slug}|{key}".encode(), hashlib.sha256).digest()
+def team_token(settings: Settings, seed: bytes) -> str:
+    """A team's token: 256 bits signed from a random seed the server drew (never from the request),
+    so the token can be given again to the client that replays its registration."""
+    digest = hmac.new(settings.secret_key.encode(), b"team-token|" + seed, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+MIN_REPLAY_KEY_BITS = 128
+
+
+def key_entropy_bits(key: str) -> float:
+    """A generous upper bound on the entropy of an Idempotency-Key, from its length and the
+    character classes it uses: 4 bits per hex digit (a UUID's hyphens not counted), else log2 of
+    the alphabet the classes present span (lower 26, upper 26, digits 10, each other character 1). A key of
+    few distinct characters ("aaaa...", "1212...") counts as none."""
+    if len(set(key)) < 8:
+        return 0.0
+    hex_body = key.replace("-", "")
+    if set(hex_body) <= _HEX:
+        return 4.0 * len(hex_body)
+    alphabet = (26 * any(c.islower() for c in key) + 26 * any(c.isupper() for c in key)
+                + 10 * any(c.isdigit() for c in key) + len({c for c in key if not c.isalnum()}))
+    return math.log2(max(alphabet, 2)) * len(key)
+
+
+def replay_may_see_token(key: str | None) -> bool:
+    """Only a key nobody could guess proves the replay comes from the client that registered."""
+    return key is not None and key_entropy_bits(key) >= MIN_REPLAY_KEY_BITS
 
 
 def token_hash(token: str) -> bytes:
@@ -71,12 +97,12 @@ _COMPETITION_AND_TEAM = (
 
 def competition_and_team(req: falcon.Request, session: Session, slug: str) -> tuple[Competition, Team]:
     """The competition and the calling team, in one query (the hot path of every team write)."""
+    check_slug(slug)
     token = bearer(req)
     digest = token_hash(token) if token else b""
     row = session.execute(_COMPETITION_AND_TEAM, {"digest": digest, "slug": slug}).first()
     if row is None:
-        raise Problem(falcon.HTTP_404, "competition-not-found", "Competition not found",
-                      f"there is no competition {slug!r}")
+        raise competition_not_found(slug)
     competition, team = row
     if token is None:
         raise Problem(falcon.HTTP_401, "unauthorized", "Authentication required",

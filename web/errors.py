@@ -34,6 +34,32 @@ class Problem(falcon.HTTPError):
         self.extra = extra or {}
 
 
+# Every slug the API creates matches this; anything else is an unknown competition, answered
+# before it reaches PostgreSQL (which refuses NUL and need not look up a megabyte of path).
+SLUG = re.compile(r"[a-z0-9][a-z0-9\-]{0,63}")
+
+
+def competition_not_found(slug: str) -> Problem:
+    shown = slug if len(slug) <= 64 else slug[:61] + "..."
+    return Problem(falcon.HTTP_404, "competition-not-found", "Competition not found",
+                   f"there is no competition {shown!r}")
+
+
+CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+
+
+def check_code(code: str) -> None:
+    """A question code in a path: anything no question can have is a 404 before any query."""
+    if not CODE.fullmatch(code):
+        shown = code if len(code) <= 64 else code[:61] + "..."
+        raise Problem(falcon.HTTP_404, "question-not-found", "Question not found", f"there is no question {shown!r}")
+
+
+def check_slug(slug: str) -> None:
+    if not SLUG.fullmatch(slug):
+        raise competition_not_found(slug)
+
+
 def invalid(field: str, message: str, status: str = falcon.HTTP_422) -> Problem:
     return Problem(status, "validation-error", "Request validation failed", f"{field}: {message}",
                    errors=[{"field": field, "message": message}])
@@ -58,7 +84,7 @@ def validation_problem(exc: msgspec.ValidationError, where: str = "body") -> Pro
     return invalid(field, message)
 
 
-_KINDS = {
+STATUS_KINDS = {
     400: ("bad-request", "Bad request"),
     401: ("unauthorized", "Authentication required"),
     403: ("forbidden", "Forbidden"),
@@ -76,7 +102,7 @@ _KINDS = {
 
 def problem_body(error: falcon.HTTPError) -> dict[str, Any]:
     status = error.status_code
-    kind, default_title = _KINDS.get(status, ("error", "Error"))
+    kind, default_title = STATUS_KINDS.get(status, ("error", "Error"))
     if isinstance(error, Problem):
         kind = error.kind
     body: dict[str, Any] = {

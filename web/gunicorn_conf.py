@@ -1,6 +1,11 @@
 """gunicorn settings, derived from the one Settings object."""
 
+import json
+
+from gunicorn import util as _gunicorn_util
+
 from settings import Settings
+from web.errors import PROBLEM, PROBLEM_BASE, STATUS_KINDS
 
 _settings = Settings.from_env()
 
@@ -18,3 +23,18 @@ loglevel = _settings.log_level.lower()
 # gunicorn 27's control socket lives at one path per user; several API processes on one host
 # (tests, benchmarks) would fight over it, and nothing here uses it.
 control_socket_disable = True
+
+
+def _problem_error(sock: object, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's own refusals (a header it cannot parse, a request line too long) in the API's
+    problem+json, not an HTML page: every client error is answered in one format."""
+    kind, title = STATUS_KINDS.get(status_int, ("bad-request", reason))
+    body = json.dumps({"type": PROBLEM_BASE + kind, "title": title, "status": status_int,
+                       "detail": mesg or reason}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: {PROBLEM}\r\nContent-Length: {len(body)}\r\n\r\n")
+    _gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+# Workers are forked from the process that read this file, so they inherit the replacement.
+_gunicorn_util.write_error = _problem_error

@@ -202,6 +202,8 @@ class CompetitionView(Out):
     mystery_prices: Money
     mystery_rewards: Money
     freeze_at: str | None
+    claim_timeout_seconds: int | None
+    registration_code_required: bool
     created_at: str
     links: CompetitionLinks
 
@@ -240,6 +242,9 @@ class AuditRow(Out):
     target: str | None
     before: dict[str, Any] | None
     after: dict[str, Any] | None
+    # Written in the transaction that applied or refused the action.
+    outcome: Literal["applied", "refused"]
+    job_id: str | None
 
 
 class AuditPage(Out):
@@ -293,9 +298,15 @@ ADMIN = [{"adminToken": []}]
 PUBLIC: list[dict[str, list[str]]] = []
 
 JOB_ERRORS = (
-    "team_name_taken, registration_closed, question_not_found, question_already_claimed, claim_limit_reached, "
-    "question_not_claimed, already_answered, insufficient_points, no_mystery_left, mystery_already_open, "
-    "no_open_mystery_box, competition_not_running, deadline_passed, team_disqualified, team_not_found"
+    "team_name_taken, registration_closed, registration_code_invalid, question_not_found, "
+    "question_already_claimed, claim_limit_reached, question_not_claimed, claim_expired, already_answered, "
+    "insufficient_points, no_mystery_left, mystery_already_open, no_open_mystery_box, competition_not_running, "
+    "deadline_passed, team_disqualified, team_not_found"
+)
+NAME_RULE = (
+    "Team names are NFKC-normalised with whitespace collapsed; control and format characters (Unicode Cc "
+    "and Cf: zero-width characters, bidi overrides) are refused with 422. Names are unique per competition "
+    "after casefolding, so look-alikes fail with team_name_taken. "
 )
 
 
@@ -330,9 +341,15 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     },
     COMP + "/teams": {
         "post": _op("Register a team (the 202 carries the teamToken, shown once)", "teams", PUBLIC, WRITE_OK,
-                    body=s.RegisterTeam, params=(SLUG, PREFER, IDEMPOTENCY),
+                    body=s.RegisterTeam, params=(SLUG, PREFER, IDEMPOTENCY), problems=(403,),
                     example={"teamName": "Owls", "members": ["Ann", "Bo"], "email": "owls@example.com"},
-                    description="Job result: teamId, teamName, points, registered. Job errors: " + JOB_ERRORS),
+                    description="Job result: teamId, teamName, points, registered. " + NAME_RULE
+                    + "When the competition has a registration code, a registration without the right "
+                      "`registrationCode` is refused with 403 registration-code-invalid and no job is made. "
+                      "A replay with the same Idempotency-Key returns the original job; it carries the "
+                      "teamToken again only when the key has 128 bits or more (a UUID, or e.g. "
+                      "secrets.token_urlsafe(24)). Registrations per client address are limited "
+                      "(RATE_LIMIT_REGISTER_IP per RATE_LIMIT_REGISTER_WINDOW). Job errors: " + JOB_ERRORS),
         "get": _op("List teams with points, rank, claims and answers", "organisers", ADMIN,
                    {200: ("A page", TeamPage)}, params=(SLUG, LIMIT, CURSOR)),
     },
@@ -341,7 +358,10 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     COMP + "/teams/{team_id}": {
         "get": _op("One team", "organisers", ADMIN, {200: ("The team", TeamRow)}, params=(SLUG, TEAM_ID)),
         "patch": _op("Rename, disqualify or reinstate a team", "organisers", ADMIN, WRITE_OK, body=s.TeamPatch,
-                     params=(SLUG, TEAM_ID, PREFER, IDEMPOTENCY), example={"disqualified": True}),
+                     params=(SLUG, TEAM_ID, PREFER, IDEMPOTENCY), example={"disqualified": True},
+                     description=NAME_RULE + "Disqualifying releases the team's unanswered claims "
+                                 "(question_released, reason disqualified) and forfeits its open mystery box. "
+                                 "Audited when the job is applied or refused."),
     },
     COMP + "/teams/{team_id}/adjustments": {
         "post": _op("Adjust a team's points, with a reason (a ledger row)", "organisers", ADMIN, WRITE_OK,
@@ -352,6 +372,14 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "post": _op("Claim a question from the board", "teams", TEAM, WRITE_OK, body=s.ClaimQuestion,
                     params=(SLUG, PREFER, IDEMPOTENCY), example={"questionId": "Q1"},
                     description="Job result: questionId, question, options, points. Job errors: " + JOB_ERRORS),
+    },
+    COMP + "/claims/{code}": {
+        "delete": _op("Release a claim: the question goes back on the board (audited)", "organisers", ADMIN,
+                      WRITE_OK, params=(SLUG, CODE, PREFER, IDEMPOTENCY),
+                      description="A job on the question's board queue, so it is serialised with answers. "
+                                  "Job result: questionId, teamId, teamName, reason, claimedAt, released. "
+                                  "Job errors: question_not_claimed, already_answered. Spectators get "
+                                  "question_released {questionId, reason: organiser}."),
     },
     COMP + "/submissions": {
         "post": _op("Answer a claimed question (or the open mystery box's question)", "teams", TEAM, WRITE_OK,
@@ -442,16 +470,16 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 _PROBLEM_TEXT = {
-    400: "Malformed JSON, bad query parameter or header",
+    400: "Malformed JSON, bad query parameter or header, or a file that is not UTF-8/UTF-16 text",
     401: "Missing or invalid bearer token",
-    403: "The token may not do this",
+    403: "The token may not do this (or, on registration, registration-code-invalid)",
     404: "Unknown competition, resource or route",
     405: "Method not allowed",
     409: "Conflicts with the current state",
     413: "Body over the size limit",
     415: "Body is not JSON (or CSV for imports)",
     422: "The body failed validation; errors[] names each field",
-    429: "Rate limited; see Retry-After",
+    429: "Rate limited (writes, reads or registrations); see Retry-After",
     503: "Database or Redis unreachable; see Retry-After",
 }
 
@@ -498,7 +526,8 @@ def build_spec() -> dict[str, Any]:
                 statuses.add(422)
             if op["security"]:
                 statuses |= {401, 403}
-            if method in ("post", "patch", "delete"):
+            if path not in ("/healthz", "/readyz"):
+                # Writes and reads are rate-limited alike (reads with limits of their own).
                 statuses.add(429)
             for status in sorted(statuses):
                 responses[str(status)] = {

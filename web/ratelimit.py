@@ -1,4 +1,5 @@
-"""Fixed-window rate limits in Redis, per team token and per client address, on writes."""
+"""Fixed-window rate limits in Redis: writes and reads per team token and per client address,
+and registrations per client address (a window of their own)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from web.errors import Problem
 log = logging.getLogger(__name__)
 
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+READS = frozenset({"GET", "HEAD"})
+# Probes and the API's own documents: cheap, and a probe must not be refused for being frequent.
+UNLIMITED_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
 
 
 class RateLimiter:
@@ -24,25 +28,24 @@ class RateLimiter:
         self.redis = client
         self.prefix = prefix
 
-    def hit(self, limits: list[tuple[str, int]], window: int) -> tuple[str, float] | None:
-        """Count one event against each (key, limit) in one round trip.
+    def hit(self, limits: list[tuple[str, int, int]]) -> tuple[str, float] | None:
+        """Count one event against each (key, limit, window) in one round trip.
 
         Returns the first exceeded key and the seconds until its window resets, or None.
         """
-        active = [(key, limit) for key, limit in limits if limit > 0]
+        active = [(key, limit, window) for key, limit, window in limits if limit > 0]
         if not active:
             return None
         now = time.time()
-        bucket = int(now // window)
         pipe = self.redis.pipeline(transaction=False)
-        for key, _ in active:
-            name = f"{self.prefix}:rl:{key}:{bucket}"
+        for key, _, window in active:
+            name = f"{self.prefix}:rl:{key}:{int(now // window)}"
             pipe.incr(name)
             pipe.expire(name, window * 2)
         counts = pipe.execute()[::2]
-        for (key, limit), count in zip(active, counts, strict=True):
+        for (key, limit, window), count in zip(active, counts, strict=True):
             if count > limit:
-                return key, (bucket + 1) * window - now
+                return key, (int(now // window) + 1) * window - now
         return None
 
 
@@ -61,24 +64,40 @@ class RateLimits:
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any,
                          params: dict[str, Any]) -> None:
-        if req.method not in WRITES or resource is None:
+        if resource is None or req.method not in WRITES | READS or req.path.startswith(UNLIMITED_PATHS):
             return
         header = req.get_header("Authorization") or ""
         token = header[7:].strip() if header[:7].lower() == "bearer " else ""
         if token and is_admin(token, self.settings.admin_token):
             return
-        window = self.settings.rate_limit_window
-        limits = [(f"ip:{req.remote_addr}", self.settings.rate_limit_ip)]
-        if token:
-            limits.append((f"team:{token_hash(token).hex()[:32]}", self.settings.rate_limit_team))
+        s = self.settings
+        window = s.rate_limit_window
+        ip = req.remote_addr
+        if req.method in READS:
+            kind = "reads"
+            limits = [(f"rip:{ip}", s.rate_limit_read_ip, window)]
+            if token:
+                limits.append((f"rteam:{token_hash(token).hex()[:32]}", s.rate_limit_read_team, window))
+        else:
+            kind = "writes"
+            limits = [(f"ip:{ip}", s.rate_limit_ip, window)]
+            if token:
+                limits.append((f"team:{token_hash(token).hex()[:32]}", s.rate_limit_team, window))
+            if req.method == "POST" and getattr(resource, "registers_teams", False):
+                limits.append((f"reg:{ip}", s.rate_limit_register_ip, s.rate_limit_register_window))
         try:
-            exceeded = self.limiter.hit(limits, window)
+            exceeded = self.limiter.hit(limits)
         except redis.RedisError:
             # Limits fail open: a Redis blip must not lock every team out.
             log.warning("rate limiter unavailable", exc_info=True)
             return
         if exceeded is not None:
             key, wait = exceeded
-            if key.startswith("ip:"):
-                raise too_many(wait, f"at most {self.settings.rate_limit_ip} writes per {window} s from one address")
-            raise too_many(wait, f"at most {self.settings.rate_limit_team} writes per {window} s per team")
+            if key.startswith("reg:"):
+                raise too_many(wait, f"at most {s.rate_limit_register_ip} registrations per "
+                                     f"{s.rate_limit_register_window} s from one address")
+            if key.startswith(("ip:", "rip:")):
+                limit = s.rate_limit_ip if kind == "writes" else s.rate_limit_read_ip
+                raise too_many(wait, f"at most {limit} {kind} per {window} s from one address")
+            limit = s.rate_limit_team if kind == "writes" else s.rate_limit_read_team
+            raise too_many(wait, f"at most {limit} {kind} per {window} s per team")

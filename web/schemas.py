@@ -30,10 +30,15 @@ class Body(msgspec.Struct, rename="camel", kw_only=True):
     pass
 
 
+RegistrationCode = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+
+
 class RegisterTeam(Body, kw_only=True):
     team_name: Name
     members: Annotated[list[Name], Meta(max_length=20)] = []
     email: Email | None = None
+    # Required when the competition has a registration code.
+    registration_code: RegistrationCode | None = None
 
 
 class ClaimQuestion(Body, kw_only=True):
@@ -65,6 +70,10 @@ class CompetitionSettings(Body, kw_only=True):
     leaderboard_size: Annotated[int, Meta(ge=1, le=100)] | None = None
     mystery_prices: PerDifficulty | None = None
     mystery_rewards: PerDifficulty | None = None
+    # null: claims never expire; absent: unchanged (600 s for a new competition).
+    claim_timeout_seconds: Annotated[int, Meta(ge=10, le=7 * 24 * 3600)] | msgspec.UnsetType | None = msgspec.UNSET
+    # null: registration is open to anyone; absent: unchanged.
+    registration_code: RegistrationCode | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class CreateCompetition(CompetitionSettings, kw_only=True):

@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from celery import Celery
 from sqlalchemy import Engine, bindparam, exists, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,8 +30,10 @@ from models.db import make_autocommit_sessionmaker, make_engine, make_sessionmak
 from models.live import Live, iso, utcnow
 from models.tables import Competition, Job
 from settings import Settings
+from workers.celery_app import create_celery
+from workers.enqueue import enqueue
 from workers.publish import Announcement, Publisher
-from workers.rules import RULES, GameError, Outbox, lock_teams
+from workers.rules import RULES, SETTINGS, GameError, Outbox, audit, audited_action, lock_teams
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,14 @@ class WorkerContext:
     autocommit: sessionmaker[Session]
     live: Live
     publisher: Publisher
+    _celery: Celery | None = None
+
+    @property
+    def celery(self) -> Celery:
+        """For jobs a job creates (a disqualification's releases); built on first use."""
+        if self._celery is None:
+            self._celery = create_celery(self.settings)
+        return self._celery
 
     @classmethod
     def create(cls, settings: Settings) -> WorkerContext:
@@ -104,6 +115,7 @@ def _apply(session: Session, job: Job, done: list[dict[str, Any]]) -> Announceme
     except GameError as refusal:
         outbox = Outbox()
         result, status, error = None, "failed", {"code": refusal.code, "message": refusal.message}
+        _audit_refusal(session, job, error)
     except DBAPIError as exc:
         if exc.connection_invalidated or job.kind in SINGLE_WRITE:
             # Without a savepoint the transaction is aborted: the whole batch is retried.
@@ -115,6 +127,7 @@ def _apply(session: Session, job: Job, done: list[dict[str, Any]]) -> Announceme
             return None
         outbox = Outbox()
         result, status, error = None, "failed", {"code": "internal_error", "message": "the job could not be completed"}
+        _audit_refusal(session, job, error)
     values: dict[str, Any] = {
         "attempts": job.attempts + 1,
         "started_at": started,
@@ -126,6 +139,14 @@ def _apply(session: Session, job: Job, done: list[dict[str, Any]]) -> Announceme
         values["team_id"] = result["teamId"]
     _record(job, done, **values)
     return Announcement(competition, job, outbox)
+
+
+def _audit_refusal(session: Session, job: Job, error: dict[str, str]) -> None:
+    # Outside the rule's rolled-back savepoint, in the batch's transaction: the refusal is
+    # recorded exactly when (and only if) the job's failure is.
+    action = audited_action(job)
+    if action is not None:
+        audit(session, job, action[0], action[1], None, {"request": job.payload, "error": error}, "refused")
 
 
 def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> str | None:
@@ -179,6 +200,7 @@ def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str) -> tupl
     status: str | None = None
     crashed = False
     with ctx.sessions.begin() as session:
+        session.info[SETTINGS] = ctx.settings
         batch: list[Job] = []
         if job_id is not None:
             job = session.execute(_LOCK_JOB, {"job_id": job_id}).scalar_one()
@@ -201,9 +223,20 @@ def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str) -> tupl
     failpoints.pause(ctx.settings, f"consumer-after-commit.{queue}")
     if announcements:
         ctx.publisher.announce_all(announcements, utcnow())
+        _send_created_jobs(ctx, announcements)
     if crashed:
         raise JobCrashed(f"job {job_id} crashed; retrying")
     return status, len(batch)
+
+
+def _send_created_jobs(ctx: WorkerContext, announcements: list[Announcement]) -> None:
+    for a in announcements:
+        for job_id, kind, queue in a.outbox.enqueue:
+            try:
+                enqueue(ctx.celery, job_id, kind, queue)
+            except Exception:
+                # The row is committed; the sweeper re-sends it.
+                log.warning("could not send job %s; the sweeper will", job_id, exc_info=True)
 
 
 # The batch's last statement. ``finished_at`` is stamped here, right before the COMMIT that makes

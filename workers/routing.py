@@ -35,4 +35,6 @@ TASK_FOR_KIND = {
     "mystery_forfeit": "quiz.jobs.mystery_forfeit",
     "adjust": "quiz.jobs.adjust",
     "team_update": "quiz.jobs.team_update",
+    "claim_release": "quiz.jobs.claim_release",
+    "mystery_expire": "quiz.jobs.mystery_expire",
 }

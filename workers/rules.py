@@ -4,7 +4,9 @@ go into the ``Outbox``."""
 
 from __future__ import annotations
 
+import hmac
 import re
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +18,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    delete,
     exists,
     false,
     func,
@@ -27,13 +30,28 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models import events
 from models.live import iso
+from models.names import name_key
 from models.ranking import rank_of
-from models.tables import Claim, Competition, Job, MysteryBox, Question, ScoreEvent, Submission, Team
+from models.tables import (
+    AuditEntry,
+    Claim,
+    ClaimRelease,
+    Competition,
+    Job,
+    MysteryBox,
+    Question,
+    ScoreEvent,
+    Submission,
+    Team,
+)
+from settings import Settings
+from workers.routing import board_queue, mystery_queue
 
 
 class GameError(Exception):
@@ -70,6 +88,8 @@ class Outbox:
     standings: list[Team] = field(default_factory=list)
     # Board questions back on the board, announced (coalesced, in order with claims) as question_released.
     released: list[events.Release] = field(default_factory=list)
+    # (job id, kind, queue): jobs this one created, to be sent to their queues after the commit.
+    enqueue: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 _SPACES = re.compile(r"\s+")
@@ -86,6 +106,12 @@ def answer_matches(given: str, expected: str) -> bool:
 # Where lock_teams leaves the database clock and the locked teams for the rest of the batch.
 BATCH_CLOCK = "quiz.batch_clock"
 BATCH_TEAMS = "quiz.batch_teams"
+# Where the worker leaves its Settings (rules that create jobs need the queue routing).
+SETTINGS = "quiz.settings"
+# The owner of jobs the system makes (claim expiry, releases after a disqualification): no
+# bearer token hashes to it, so no client can read them.
+SYSTEM_OWNER = bytes(32)
+ORGANISER = "admin"
 
 
 def _now(session: Session) -> datetime:
@@ -227,6 +253,10 @@ def register(session: Session, competition: Competition, job: Job, outbox: Outbo
     if competition.state not in ("open", "running"):
         raise GameError("registration_closed", f"registration is closed while the competition is {competition.state}")
     payload = job.payload
+    expected = competition.registration_code
+    given = payload.get("registrationCode") or ""
+    if expected is not None and not hmac.compare_digest(given.encode(), expected.encode()):
+        raise GameError("registration_code_invalid", "the registration code is missing or wrong")
     name = payload["teamName"]
     limit = competition.time_limit_seconds
     team = session.execute(
@@ -234,6 +264,7 @@ def register(session: Session, competition: Competition, job: Job, outbox: Outbo
         .values(
             competition_id=competition.id,
             name=name,
+            name_key=name_key(name),
             members=payload.get("members", []),
             email=payload.get("email"),
             token_hash=job.owner_hash,
@@ -246,7 +277,8 @@ def register(session: Session, competition: Competition, job: Job, outbox: Outbo
         .returning(Team)
     ).scalar_one_or_none()
     if team is None:
-        raise GameError("team_name_taken", f"a team called {name!r} is already registered")
+        # Any conflict: the token hash is 256 random bits, so it is the name (or a look-alike).
+        raise GameError("team_name_taken", f"a team called {name!r} (or one that looks the same) is registered")
     deadline = team.deadline
     # A count in PostgreSQL is O(teams) per registration; the rank of a newcomer is read from the
     # leaderboard cache when it is announced instead.
@@ -267,7 +299,8 @@ _HOLDER = select(Claim.team_id).where(Claim.question_id == Question.id).correlat
 _THIS_QUESTION = and_(Question.competition_id == bindparam("competition_id"), Question.code == bindparam("code"))
 # A submission looks up the question and who holds it; a claim also counts the team's
 # unanswered claims. One round trip each.
-_SUBMIT_LOOKUP = select(Question, _HOLDER.label("holder")).where(_THIS_QUESTION)
+_CLAIMED_AT = select(Claim.claimed_at).where(Claim.question_id == Question.id).correlate(Question).scalar_subquery()
+_SUBMIT_LOOKUP = select(Question, _HOLDER.label("holder"), _CLAIMED_AT.label("claimed_at")).where(_THIS_QUESTION)
 _CLAIM_LOOKUP = select(
     Question,
     _HOLDER.label("holder"),
@@ -294,6 +327,26 @@ _INSERT_CLAIM = (
     .on_conflict_do_nothing()
     .returning(Claim.__table__.c.id)
 )
+
+
+def _expired(competition: Competition, since: datetime | None, job: Job) -> bool:
+    """Whether a claim (or box) taken at ``since`` had timed out when the job was sent.
+
+    Compared with the job's own createdAt, not the batch clock: a job sent in time stays in
+    time however long its queue is.
+    """
+    timeout = competition.claim_timeout_seconds
+    return timeout is not None and since is not None and job.created_at - since > timedelta(seconds=timeout)
+
+
+def _claim_expired(competition: Competition, code: str) -> GameError:
+    return GameError("claim_expired", f"your claim on {code!r} expired after {competition.claim_timeout_seconds} s "
+                                      "unanswered and went back to the board")
+
+
+def _lost_to_expiry(session: Session, team_id: int, question_id: int) -> bool:
+    return bool(session.scalar(select(exists().where(
+        ClaimRelease.team_id == team_id, ClaimRelease.question_id == question_id, ClaimRelease.reason == "expired"))))
 
 
 def claim(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
@@ -337,7 +390,12 @@ def submit(session: Session, competition: Competition, job: Job, outbox: Outbox)
     box: MysteryBox | None = None
     if question.kind == "board":
         if holder != team.id:
+            if _lost_to_expiry(session, team.id, question.id):
+                raise _claim_expired(competition, question.code)
             raise GameError("question_not_claimed", f"your team has not claimed {question.code!r}")
+        if _expired(competition, row.claimed_at, job):
+            # Before the sweeper's release has run: the answer came too late all the same.
+            raise _claim_expired(competition, question.code)
     else:
         box = session.scalar(
             select(MysteryBox)
@@ -346,10 +404,14 @@ def submit(session: Session, competition: Competition, job: Job, outbox: Outbox)
             .limit(1)
             .with_for_update()
         )
+        if box is not None and box.state == "forfeited" and box.closed_reason == "expired":
+            raise _claim_expired(competition, question.code)
         if box is None or box.state == "forfeited":
             raise GameError("question_not_claimed", f"your team has no open mystery box with {question.code!r}")
         if box.state == "answered":
             raise GameError("already_answered", f"your team has already answered {question.code!r}")
+        if _expired(competition, box.created_at, job):
+            raise _claim_expired(competition, question.code)
 
     answer = job.payload["answer"]
     correct = answer_matches(answer, question.answer)
@@ -469,6 +531,7 @@ def mystery_forfeit(session: Session, competition: Competition, job: Job, outbox
     if box is None:
         raise GameError("no_open_mystery_box", "the team has no open mystery box")
     box.state = "forfeited"
+    box.closed_reason = "forfeit"
     box.closed_at = _now(session)
     code = session.scalar(select(Question.code).where(Question.id == box.question_id))
     return {
@@ -502,39 +565,181 @@ def _team_summary(session: Session, team: Team) -> dict[str, Any]:
     }
 
 
+def audit(session: Session, job: Job, action: str, target: str | None, before: dict[str, Any] | None,
+          after: dict[str, Any] | None, outcome: str) -> None:
+    """The audit row of an organiser's job, in the transaction that applies (or refuses) it."""
+    session.add(AuditEntry(competition_id=job.competition_id, actor=ORGANISER, action=action, target=target,
+                           before=before, after=after, outcome=outcome, job_id=job.id))
+
+
+def audited_action(job: Job) -> tuple[str, str | None] | None:
+    """The audit action and target of an organiser's job, or None for a team's or the system's."""
+    if job.kind == "adjust":
+        return "team.adjust", f"team:{job.payload['teamId']}"
+    if job.kind == "team_update":
+        return "team.update", f"team:{job.payload['teamId']}"
+    if job.kind == "claim_release" and job.payload.get("reason") == "organiser":
+        return "claim.release", f"question:{job.payload['questionId']}"
+    return None
+
+
 def adjust(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
     team = _target_team(session, competition, job.payload["teamId"])
     delta = int(job.payload["delta"])
     reason = job.payload["reason"]
+    before = {"points": team.points}
     change_points(session, team, delta, f"adjustment: {reason}", f"adjustment:{job.id}", outbox)
+    audit(session, job, "team.adjust", f"team:{team.id}", before, {**job.payload, "points": team.points},
+          "applied")
     return {**_team_summary(session, team), "delta": delta, "reason": reason}
 
 
 def team_update(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
     team = _target_team(session, competition, job.payload["teamId"])
+    before = {"teamName": team.name, "disqualified": team.disqualified}
     reasons = []
     new_name = job.payload.get("teamName")
     if new_name is not None and new_name != team.name:
+        key = name_key(new_name)
         taken = session.scalar(
-            select(Team.id).where(
-                Team.competition_id == competition.id, func.lower(Team.name) == new_name.lower(), Team.id != team.id
-            )
+            select(Team.id).where(Team.competition_id == competition.id, Team.name_key == key, Team.id != team.id)
         )
         if taken is not None:
-            raise GameError("team_name_taken", f"a team called {new_name!r} is already registered")
+            raise _name_taken(new_name)
         team.name = new_name
+        team.name_key = key
         reasons.append("renamed")
     flag = job.payload.get("disqualified")
+    released: dict[str, Any] = {}
     if flag is not None and flag != team.disqualified:
         team.disqualified = flag
         reasons.append("disqualified" if flag else "reinstated")
+        if flag:
+            released = _release_everything_of(session, competition, team, outbox)
     if reasons:
         # A new version makes the leaderboard cache take the new name or visibility.
         team.points_version = team.points_version + 1
-        session.flush()
+        try:
+            session.flush()
+        except IntegrityError:
+            # A registration on another queue took the name since the check above.
+            raise _name_taken(new_name or team.name) from None
         outbox.scores.append(ScoreChange(team=team, delta=0, reason=",".join(reasons),
                                          rank=None if team.disqualified else rank_of(session, team)))
+    audit(session, job, "team.update", f"team:{team.id}", before, {**job.payload, **released}, "applied")
     return {**_team_summary(session, team), "changes": reasons}
+
+
+def _name_taken(name: str) -> GameError:
+    return GameError("team_name_taken", f"a team called {name!r} (or one that looks the same) is registered")
+
+
+def _release_everything_of(session: Session, competition: Competition, team: Team,
+                           outbox: Outbox) -> dict[str, Any]:
+    """A disqualified team's open box is forfeited here (this is its mystery queue); its unanswered
+    claims are released by jobs on their questions' board queues, serialised with the answers."""
+    forfeited = session.scalars(
+        update(MysteryBox)
+        .where(MysteryBox.team_id == team.id, MysteryBox.state == "open")
+        .values(state="forfeited", closed_reason="disqualified", closed_at=_now(session))
+        .returning(MysteryBox.id)
+    ).all()
+    open_claims = session.execute(
+        select(Claim.id, Question.code)
+        .join(Question, Question.id == Claim.question_id)
+        .where(Claim.team_id == team.id,
+               ~exists().where(Submission.team_id == team.id, Submission.question_id == Claim.question_id))
+    ).all()
+    settings: Settings = session.info[SETTINGS]
+    for claim_id, code in open_claims:
+        schedule_claim_release(session, settings, competition.id, team.id, claim_id, code, "disqualified", outbox)
+    return {"forfeitedBoxes": len(forfeited), "releasedClaims": sorted(code for _, code in open_claims)}
+
+
+_INSERT_SYSTEM_JOB = (
+    pg_insert(Job.__table__)
+    .values({name: bindparam(name) for name in
+             ("id", "competition_id", "kind", "queue", "team_id", "owner_hash", "payload", "idempotency_key")})
+    .on_conflict_do_nothing()
+    .returning(Job.__table__.c.id)
+)
+
+
+def _schedule(session: Session, outbox: Outbox, *, competition_id: int, kind: str, queue: str, team_id: int,
+              payload: dict[str, Any], key: str) -> None:
+    # One job per claim or box and reason: the sweeper's next pass finds the key taken.
+    created = session.scalar(_INSERT_SYSTEM_JOB, {
+        "id": uuid.uuid4(), "competition_id": competition_id, "kind": kind, "queue": queue, "team_id": team_id,
+        "owner_hash": SYSTEM_OWNER, "payload": payload, "idempotency_key": key,
+    })
+    if created is not None:
+        outbox.enqueue.append((str(created), kind, queue))
+
+
+def schedule_claim_release(session: Session, settings: Settings, competition_id: int, team_id: int, claim_id: int,
+                           code: str, reason: str, outbox: Outbox) -> None:
+    _schedule(session, outbox, competition_id=competition_id, kind="claim_release",
+              queue=board_queue(settings, competition_id, code), team_id=team_id,
+              payload={"questionId": code, "claimId": claim_id, "reason": reason}, key=f"release:{claim_id}")
+
+
+def schedule_box_expiry(session: Session, settings: Settings, competition_id: int, team_id: int, box_id: int,
+                        outbox: Outbox) -> None:
+    _schedule(session, outbox, competition_id=competition_id, kind="mystery_expire",
+              queue=mystery_queue(settings, competition_id), team_id=team_id,
+              payload={"boxId": box_id, "reason": "expired"}, key=f"expire-box:{box_id}")
+
+
+def claim_release(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
+    """Put a claimed, unanswered question back on the board (on the question's own board queue,
+    so it is serialised with every answer to it)."""
+    code = job.payload["questionId"]
+    reason = job.payload["reason"]
+    row = session.execute(
+        select(Claim, Team.name)
+        .join(Question, Question.id == Claim.question_id)
+        .join(Team, Team.id == Claim.team_id)
+        .where(Question.competition_id == competition.id, Question.code == code)
+        .with_for_update(of=Claim)
+    ).one_or_none()
+    if row is None:
+        raise GameError("question_not_claimed", f"no team holds {code!r}")
+    held, team_name = row
+    if job.payload.get("claimId") not in (None, held.id):
+        raise GameError("question_not_claimed", f"the claim on {code!r} this job was for has already gone")
+    if session.scalar(select(exists().where(Submission.team_id == held.team_id,
+                                            Submission.question_id == held.question_id))):
+        raise GameError("already_answered", f"{code!r} has been answered; its claim stays")
+    if reason == "expired" and not _expired(competition, held.claimed_at, job):
+        raise GameError("claim_not_expired", f"the claim on {code!r} has not timed out")
+    session.execute(delete(Claim).where(Claim.id == held.id))
+    session.add(ClaimRelease(competition_id=competition.id, question_id=held.question_id, team_id=held.team_id,
+                             reason=reason, claimed_at=held.claimed_at))
+    outbox.released.append(events.Release(question_id=code, reason=reason))
+    result = {"questionId": code, "teamId": held.team_id, "teamName": team_name, "reason": reason,
+              "claimedAt": iso(held.claimed_at), "released": True}
+    if reason == "organiser":
+        audit(session, job, "claim.release", f"question:{code}",
+              {"questionId": code, "teamId": held.team_id, "teamName": team_name, "claimedAt": iso(held.claimed_at)},
+              {"questionId": code, "released": True}, "applied")
+    return result
+
+
+def mystery_expire(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
+    """Forfeit a box left open past the claim timeout (no refund); its question goes back to the pool."""
+    box = session.scalar(
+        select(MysteryBox)
+        .where(MysteryBox.id == job.payload["boxId"], MysteryBox.competition_id == competition.id)
+        .with_for_update()
+    )
+    if box is None or box.state != "open":
+        raise GameError("no_open_mystery_box", "the box is no longer open")
+    if not _expired(competition, box.created_at, job):
+        raise GameError("claim_not_expired", "the box has not timed out")
+    box.state = "forfeited"
+    box.closed_reason = "expired"
+    box.closed_at = _now(session)
+    return {"boxId": box.id, "teamId": box.team_id, "state": "forfeited", "reason": "expired", "refundedPoints": 0}
 
 
 RULES = {
@@ -545,4 +750,6 @@ RULES = {
     "mystery_forfeit": mystery_forfeit,
     "adjust": adjust,
     "team_update": team_update,
+    "claim_release": claim_release,
+    "mystery_expire": mystery_expire,
 }

@@ -4,6 +4,11 @@ A job is a row before it is a message, so a message lost between the API's commi
 broker (or dropped by a broker restart) is found here and sent again; redelivery is
 harmless because every task is idempotent. It also rebuilds the Redis leaderboard cache of
 live competitions from PostgreSQL, which repairs a Redis restart or a lost announcement.
+
+It enforces the claim timeout: for every unanswered claim and open mystery box older than its
+competition's ``claimTimeoutSeconds`` it records a release job on the question's board queue (or
+the competition's mystery queue), so the release is serialised with the answers to it. And it
+purges finished jobs older than ``JOB_RETENTION_SECONDS``.
 """
 
 from __future__ import annotations
@@ -16,16 +21,17 @@ import time
 from datetime import timedelta
 
 from celery import Celery
-from sqlalchemy import select
+from sqlalchemy import delete, exists, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import make_engine, make_sessionmaker
 from models.live import Live, utcnow
 from models.ranking import all_standings
-from models.tables import Competition, Job
+from models.tables import Claim, Competition, Job, MysteryBox, Question, Submission
 from settings import Settings
 from workers.celery_app import create_celery
 from workers.enqueue import enqueue
+from workers.rules import Outbox, schedule_box_expiry, schedule_claim_release
 
 log = logging.getLogger("workers.sweeper")
 
@@ -85,11 +91,66 @@ class Sweeper:
                 self.live.rebuild(competition_id, all_standings(session, competition_id))
         return len(competitions)
 
+    def release_expired(self, limit: int = 1000) -> int:
+        """Record (and send) a release job for each claim and open box past its claim timeout.
+
+        The jobs re-check the timeout against their own createdAt, on the queue that serialises
+        them with the answers; a job per claim or box at most (its Idempotency-Key).
+        """
+        timed_out = Competition.claim_timeout_seconds.is_not(None) & (Competition.state == "running")
+        deadline = func.make_interval(0, 0, 0, 0, 0, 0, Competition.claim_timeout_seconds)
+        outbox = Outbox()
+        with self.sessions.begin() as session:
+            claims = session.execute(
+                select(Claim.id, Claim.competition_id, Claim.team_id, Question.code)
+                .join(Question, Question.id == Claim.question_id)
+                .join(Competition, Competition.id == Claim.competition_id)
+                .where(timed_out, Claim.claimed_at + deadline < func.now(),
+                       ~exists().where(Submission.team_id == Claim.team_id,
+                                       Submission.question_id == Claim.question_id))
+                .order_by(Claim.claimed_at)
+                .limit(limit)
+            ).all()
+            for claim_id, competition_id, team_id, code in claims:
+                schedule_claim_release(session, self.settings, competition_id, team_id, claim_id, code, "expired",
+                                       outbox)
+            boxes = session.execute(
+                select(MysteryBox.id, MysteryBox.competition_id, MysteryBox.team_id)
+                .join(Competition, Competition.id == MysteryBox.competition_id)
+                .where(MysteryBox.state == "open", timed_out, MysteryBox.created_at + deadline < func.now())
+                .order_by(MysteryBox.created_at)
+                .limit(limit)
+            ).all()
+            for box_id, competition_id, team_id in boxes:
+                schedule_box_expiry(session, self.settings, competition_id, team_id, box_id, outbox)
+        for job_id, kind, queue in outbox.enqueue:
+            enqueue(self.celery, job_id, kind, queue)
+        if outbox.enqueue:
+            log.info("sent %d release job(s) for claims and boxes past their timeout", len(outbox.enqueue))
+        return len(outbox.enqueue)
+
+    def purge_finished_jobs(self, batch: int = 5000) -> int:
+        """Delete finished jobs older than the retention period, a batch per sweep."""
+        cutoff = utcnow() - timedelta(seconds=self.settings.job_retention_seconds)
+        with self.sessions.begin() as session:
+            oldest = (
+                select(Job.id)
+                .where(Job.status.in_(("succeeded", "failed")), Job.finished_at < cutoff)
+                .order_by(Job.finished_at)
+                .limit(batch)
+            )
+            purged = session.execute(delete(Job).where(Job.id.in_(oldest.scalar_subquery()))).rowcount
+        if purged:
+            log.info("purged %d finished job(s) older than %d s", purged, self.settings.job_retention_seconds)
+        return int(purged or 0)
+
     def sweep_once(self) -> None:
         emptied = self.redis_was_emptied()
         if emptied:
             log.warning("Redis lost its data: re-sending every unfinished job now")
         self.resend_stale_jobs(everything=emptied)
+        self.release_expired()
+        self.purge_finished_jobs()
         self.refresh_leaderboards()
 
 

@@ -32,6 +32,8 @@ def context() -> WorkerContext:
     global _context
     if _context is None:
         _context = WorkerContext.create(app.conf.quiz_settings)
+        # Jobs a job creates go out through this worker's own app.
+        _context._celery = app
     return _context
 
 
@@ -117,4 +119,14 @@ def adjust(self: JobTask, *, job_id: str) -> str | None:
 
 @app.task(base=JobTask, bind=True, name="quiz.jobs.team_update")
 def team_update(self: JobTask, *, job_id: str) -> str | None:
+    return self.run_kind(job_id)
+
+
+@app.task(base=JobTask, bind=True, name="quiz.jobs.claim_release")
+def claim_release(self: JobTask, *, job_id: str) -> str | None:
+    return self.run_kind(job_id)
+
+
+@app.task(base=JobTask, bind=True, name="quiz.jobs.mystery_expire")
+def mystery_expire(self: JobTask, *, job_id: str) -> str | None:
     return self.run_kind(job_id)

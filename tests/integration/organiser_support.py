@@ -111,6 +111,9 @@ def standings_of(update: dict[str, Any]) -> list[tuple[str, int]]:
 def in_process_app(settings: Settings, **overrides: Any) -> Iterator[falcon.testing.TestClient]:
     """The real Falcon app in this process, with settings of its own (low limits, a dead
     dependency, CORS origins); it uses the test database and Redis unless told otherwise."""
+    if "database_url" in overrides:
+        # The app connects with app_database_url when set; another database means both.
+        overrides.setdefault("app_database_url", overrides["database_url"])
     deps = Deps.create(settings.with_overrides(**overrides))
     try:
         yield falcon.testing.TestClient(create_app(deps.settings, deps))

@@ -535,6 +535,9 @@ def test_disqualification_removes_a_team_until_it_is_reinstated(api: Api, listen
     assert [r["rank"] for r in api.leaderboard(slug)] == [1, 2]
     update = wait_event_after(spectator, "leaderboard_update", before, lambda e: "Alpha" not in board_names(e))
     assert sorted(board_names(update)) == ["Bravo", "Charlie"]
+    # Its claim goes back to the board (its box is forfeited with it).
+    wait_event_after(spectator, "question_released", before,
+                     lambda e: (e["questionId"], e["reason"]) == ("Q2", "disqualified"))
     me = api.me(slug, alpha.token)
     assert (me["disqualified"], me["rank"]) == (True, None)
     row = api.admin("GET", comp(slug, f"/teams/{alpha.id}")).json()
@@ -551,6 +554,7 @@ def test_disqualification_removes_a_team_until_it_is_reinstated(api: Api, listen
     assert "Alpha" in [r["teamName"] for r in api.leaderboard(slug)]
     wait_event_after(spectator, "leaderboard_update", back, lambda e: "Alpha" in board_names(e))
     assert api.me(slug, alpha.token)["rank"] is not None
+    ok_job(api.claim(slug, alpha.token, "Q2"))
     assert ok_job(api.submit(slug, alpha.token, "Q2", answer_of("Q2")))["correct"] is True
     assert api.leaderboard(slug)[0] == {"rank": 1, "teamName": "Alpha", "points": 1050}
 

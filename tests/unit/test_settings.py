@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from settings import DEV_ADMIN_TOKEN, Settings, SettingsError
+from settings import DEV_ADMIN_TOKEN, DEV_SECRET_KEY, Settings, SettingsError
+
+STRONG = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
 
 def test_empty_environment_gives_the_defaults() -> None:
@@ -111,7 +113,7 @@ def test_production_needs_a_long_admin_token() -> None:
         Settings.from_env({"QUIZ_ENV": "production"})
     with pytest.raises(SettingsError, match="16"):
         Settings.from_env({"QUIZ_ENV": "production", "ADMIN_TOKEN": "short"})
-    settings = Settings.from_env({"QUIZ_ENV": "production", "ADMIN_TOKEN": "x" * 16})
+    settings = Settings.from_env({"QUIZ_ENV": "production", "ADMIN_TOKEN": "x" * 16, "SECRET_KEY": STRONG})
     assert settings.production
     assert settings.admin_token == "x" * 16
 
@@ -125,3 +127,46 @@ def test_with_overrides_returns_a_copy() -> None:
     changed = settings.with_overrides(sweep_after=1.0, board_queues=2)
     assert (changed.sweep_after, changed.board_queues) == (1.0, 2)
     assert (settings.sweep_after, settings.board_queues) == (15.0, 4)
+
+
+def test_production_needs_a_strong_secret_key_of_its_own() -> None:
+    base = {"QUIZ_ENV": "production", "ADMIN_TOKEN": "a-long-organiser-token-0123"}
+    with pytest.raises(SettingsError, match="SECRET_KEY must be set"):
+        Settings.from_env(base)
+    for weak in ("short", "a" * 64, "0101010101010101010101010101010101010101", "changeme-changeme-changeme-1234567",
+                 DEV_SECRET_KEY):
+        with pytest.raises(SettingsError, match="SECRET_KEY"):
+            Settings.from_env({**base, "SECRET_KEY": weak})
+    with pytest.raises(SettingsError, match="differ from ADMIN_TOKEN"):
+        Settings.from_env({**base, "ADMIN_TOKEN": STRONG, "SECRET_KEY": STRONG})
+    assert Settings.from_env({**base, "SECRET_KEY": STRONG}).secret_key == STRONG
+    # Outside production the development key stands in, and is never the admin token.
+    assert Settings.from_env({}).secret_key == DEV_SECRET_KEY != DEV_ADMIN_TOKEN
+    with pytest.raises(SettingsError, match="production"):
+        Settings.from_env({**base, "SECRET_KEY": STRONG, "ADMIN_TOKEN": DEV_ADMIN_TOKEN})
+
+
+@pytest.mark.parametrize("variable", ["API_HOST", "REALTIME_HOST"])
+def test_the_development_admin_token_only_works_on_loopback(variable: str) -> None:
+    for host in ("0.0.0.0", "192.168.1.20", "quiz.example"):
+        with pytest.raises(SettingsError, match="ADMIN_TOKEN must be set"):
+            Settings.from_env({variable: host})
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert Settings.from_env({variable: host}).admin_token == DEV_ADMIN_TOKEN
+    # With a token of one's own, any address will do.
+    assert Settings.from_env({variable: "0.0.0.0", "ADMIN_TOKEN": "organisers-own"}).admin_token == "organisers-own"
+
+
+def test_new_limits_and_retention_are_read() -> None:
+    settings = Settings.from_env({
+        "RATE_LIMIT_READ_IP": "7", "RATE_LIMIT_READ_TEAM": "6", "RATE_LIMIT_REGISTER_IP": "5",
+        "RATE_LIMIT_REGISTER_WINDOW": "60", "JOB_RETENTION_SECONDS": "3600", "METRICS_TOKEN": "scrape-me",
+        "APP_DATABASE_URL": "postgresql://quiz_app@db/quiz",
+    })
+    assert (settings.rate_limit_read_ip, settings.rate_limit_read_team) == (7, 6)
+    assert (settings.rate_limit_register_ip, settings.rate_limit_register_window) == (5, 60)
+    assert (settings.job_retention_seconds, settings.metrics_token) == (3600, "scrape-me")
+    assert settings.app_database == "postgresql+psycopg://quiz_app@db/quiz"
+    assert Settings.from_env({}).app_database == Settings.from_env({}).database_url
+    with pytest.raises(SettingsError, match="JOB_RETENTION_SECONDS"):
+        Settings.from_env({"JOB_RETENTION_SECONDS": "5"})

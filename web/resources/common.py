@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import logging
 import re
 import uuid
 from typing import Any
 
 import falcon
-from sqlalchemy import bindparam, select
+from sqlalchemy import LargeBinary, Text, bindparam, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models import failpoints
 from models.events import job_view
 from models.tables import Competition, Job
+from web.auth import replay_may_see_token, team_token
 from web.deps import Deps
-from web.errors import Problem, invalid
+from web.errors import Problem, check_slug, competition_not_found, invalid
 from web.media import write_json
 from workers.enqueue import enqueue
 
@@ -28,10 +30,10 @@ MAX_IDEMPOTENCY_KEY = 255
 
 
 def get_competition(session: Session, slug: str) -> Competition:
+    check_slug(slug)
     competition = session.scalar(select(Competition).where(Competition.slug == slug))
     if competition is None:
-        raise Problem(falcon.HTTP_404, "competition-not-found", "Competition not found",
-                      f"there is no competition {slug!r}")
+        raise competition_not_found(slug)
     return competition
 
 
@@ -40,7 +42,11 @@ def prefer_wait(req: falcon.Request, maximum: int) -> int:
     if not header:
         return 0
     match = _WAIT.search(header)
-    return min(int(match.group(1)), maximum) if match else 0
+    if not match:
+        return 0
+    digits = match.group(1).lstrip("0")
+    # int() of thousands of digits is refused by Python (and slow): any long number means "the most".
+    return maximum if len(digits) > 6 else min(int(digits or "0"), maximum)
 
 
 def idempotency_key(req: falcon.Request) -> str | None:
@@ -74,11 +80,46 @@ def _insert_job(source: Any = None) -> Any:
 
 
 _INSERT_JOB = _insert_job()
-# The same, finding the competition by slug in the statement itself (a registration's only query).
-_INSERT_JOB_BY_SLUG = _insert_job(
-    select(*(bindparam(name, type_=getattr(Job, name).type) for name in _JOB_COLUMNS), Competition.id)
-    .where(Competition.slug == bindparam("slug"))
-)
+
+
+def _insert_registration() -> Any:
+    """A registration's only query: finds the competition by slug, checks its registration code and
+    records the job. A registration has no owner yet, so a retried Idempotency-Key conflicts on
+    (competition, key) instead; any conflict inserts nothing."""
+    jobs = Job.__table__
+    columns = [*_JOB_COLUMNS, "token_seed", "competition_id"]
+    source = (
+        select(*(bindparam(name, type_=getattr(Job, name).type) for name in _JOB_COLUMNS),
+               bindparam("token_seed", type_=LargeBinary), Competition.id)
+        .where(Competition.slug == bindparam("slug"),
+               or_(Competition.registration_code.is_(None),
+                   Competition.registration_code == bindparam("code", type_=Text)))
+    )
+    return pg_insert(jobs).from_select(columns, source).on_conflict_do_nothing().returning(jobs.c.id)
+
+
+_INSERT_REGISTRATION = _insert_registration()
+
+
+def registration_code_invalid(given: str | None) -> Problem:
+    message = "is required for this competition" if given is None else "is not this competition's code"
+    return Problem(falcon.HTTP_403, "registration-code-invalid", "Registration code invalid",
+                   f"registrationCode {message}; ask the organisers for it",
+                   errors=[{"field": "registrationCode", "message": message}])
+
+
+def _replayed_registration(session: Session, slug: str, key: str | None, code: str | None) -> tuple[Competition, Job]:
+    """Why a registration INSERT wrote nothing: an unknown slug (404), a wrong code (403), or a
+    replayed Idempotency-Key (the original job)."""
+    competition = get_competition(session, slug)
+    expected = competition.registration_code
+    if expected is not None and (code is None or not hmac.compare_digest(code.encode(), expected.encode())):
+        raise registration_code_invalid(code)
+    existing = None if key is None else session.scalar(select(Job).where(
+        Job.competition_id == competition.id, Job.kind == "register", Job.idempotency_key == key))
+    if existing is None:
+        raise Problem(falcon.HTTP_409, "conflict", "Conflict", "the request conflicts with the current state; retry")
+    return competition, existing
 
 
 def accept_job(
@@ -94,11 +135,13 @@ def accept_job(
     team_id: int | None,
     extra: dict[str, Any] | None = None,
     session: Session | None = None,
+    token_seed: bytes | None = None,
+    registration_code: str | None = None,
 ) -> None:
     """Record the job, commit, enqueue, and answer 202 (or 200 if ``Prefer: wait`` was met).
 
-    ``competition`` may be just a slug: the INSERT then finds the competition itself, which
-    saves a registration one round trip (an unknown slug is a 404 all the same).
+    ``competition`` is just a slug for a registration: the INSERT then finds the competition
+    (and checks its registration code) itself, which saves a registration round trips.
     ``session`` defaults to the request's; team writes pass an autocommit session, as the job
     row is the only thing they write.
     """
@@ -120,14 +163,23 @@ def accept_job(
     ticket = deps.waiter.register(str(job_id)) if wait else None
     try:
         if isinstance(competition, str):
-            inserted = session.scalar(_INSERT_JOB_BY_SLUG, {**values, "slug": competition})
+            check_slug(competition)
+            inserted = session.scalar(_INSERT_REGISTRATION, {**values, "slug": competition, "token_seed": token_seed,
+                                                             "code": registration_code})
         else:
             inserted = session.scalar(_INSERT_JOB, {**values, "competition_id": competition.id})
         if inserted is None:
             if isinstance(competition, str):
-                competition = get_competition(session, competition)
-            existing = session.scalar(select(Job).where(Job.owner_hash == owner_hash, Job.idempotency_key == key))
-            assert existing is not None
+                competition, existing = _replayed_registration(session, competition, key, registration_code)
+                # The token goes only to whoever knows a key nobody could guess; a replay of a short
+                # key gets the job without it, as it may come from another client.
+                extra = ({"teamToken": team_token(deps.settings, existing.token_seed)}
+                         if existing.token_seed is not None and replay_may_see_token(key) else None)
+            else:
+                existing = session.scalar(select(Job).where(Job.owner_hash == owner_hash, Job.idempotency_key == key))
+            if existing is None:
+                raise Problem(falcon.HTTP_409, "conflict", "Conflict",
+                              "the request conflicts with the current state; retry")
             if existing.kind != kind or existing.payload != payload or existing.competition_id != competition.id:
                 raise invalid("Idempotency-Key", "this key was already used for a different request")
             respond_with_job(resp, existing, extra=extra, replayed=True)

@@ -11,26 +11,31 @@ from sqlalchemy.orm import Session
 
 from models.events import job_view
 from models.live import FrozenBoards, iso, utcnow
+from models.names import InvalidName, normalise_name
 from models.ranking import frozen_board, is_frozen, leaderboard, rank_of
 from models.tables import Claim, Competition, Job, MysteryBox, Question, Submission, Team
-from web.auth import bearer, competition_and_team, is_admin, new_token, registration_token, token_hash
+from web.auth import bearer, competition_and_team, is_admin, new_token_seed, team_token, token_hash
 from web.deps import Deps
 from web.errors import Problem, invalid
 from web.media import read_body, write_json
 from web.ratelimit import too_many
-from web.resources.common import accept_job, get_competition, idempotency_key, next_cursor, page_params
+from web.resources.common import accept_job, get_competition, next_cursor, page_params
 from web.schemas import BuyMysteryBox, ClaimQuestion, RegisterTeam, SubmitAnswer
 from workers.routing import REGISTRATIONS, board_queue, mystery_queue
 
 
-def _clean(text: str, field: str) -> str:
-    cleaned = " ".join(text.split())
-    if not cleaned:
-        raise invalid(field, "must not be blank")
-    return cleaned
+def clean_name(text: str, field: str) -> str:
+    """A team or member name in its normal form, or a 422 naming the field and the reason."""
+    try:
+        return normalise_name(text)
+    except InvalidName as exc:
+        raise invalid(field, str(exc)) from None
 
 
 class Teams:
+    # Registrations have a per-address limit of their own (web.ratelimit).
+    registers_teams = True
+
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
@@ -41,18 +46,21 @@ class Teams:
 
     def _register(self, req: falcon.Request, resp: falcon.Response, session: Session, slug: str,
                   body: RegisterTeam) -> None:
-        key = idempotency_key(req)
-        # With an Idempotency-Key the token is derived from it, so a retried registration maps
-        # to the same owner and gets the same job and the same token back.
-        token = registration_token(self.deps.settings, slug, key) if key else new_token()
-        payload = {
-            "teamName": _clean(body.team_name, "teamName"),
-            "members": [_clean(m, f"members[{i}]") for i, m in enumerate(body.members)],
+        # The token comes from a seed drawn here, never from the request: a replayed
+        # Idempotency-Key finds the original job and its seed (see accept_job).
+        seed = new_token_seed()
+        token = team_token(self.deps.settings, seed)
+        payload: dict[str, Any] = {
+            "teamName": clean_name(body.team_name, "teamName"),
+            "members": [clean_name(m, f"members[{i}]") for i, m in enumerate(body.members)],
             "email": body.email,
         }
+        if body.registration_code is not None:
+            # The worker checks it again: the organisers may change the code meanwhile.
+            payload["registrationCode"] = body.registration_code
         accept_job(req, resp, self.deps, competition=slug, kind="register", queue=REGISTRATIONS,
                    payload=payload, owner_hash=token_hash(token), team_id=None, extra={"teamToken": token},
-                   session=session)
+                   session=session, token_seed=seed, registration_code=body.registration_code)
 
 
 class TeamMe:

@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 from sqlalchemy import func, select, text
 
 from models.tables import Job
+from web.auth import bearer, is_admin
 from web.deps import Deps
 from web.errors import Problem
 from web.media import write_json
@@ -48,6 +49,15 @@ class Metrics:
         self.deps = deps
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        # Queue depths and job counts tell an attacker how busy (and how attackable) the event is.
+        token = bearer(req)
+        settings = self.deps.settings
+        allowed = is_admin(token, settings.admin_token) or (
+            bool(settings.metrics_token) and is_admin(token, settings.metrics_token))
+        if not allowed:
+            raise Problem(falcon.HTTP_401, "unauthorized", "Authentication required",
+                          "/metrics needs METRICS_TOKEN (or the organiser token) as a Bearer token",
+                          headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
         registry = CollectorRegistry()
         jobs = Gauge("quiz_jobs", "Jobs by status", ["status"], registry=registry)
         depth = Gauge("quiz_queue_depth", "Messages waiting per Celery queue", ["queue"], registry=registry)

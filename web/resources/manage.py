@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import io
@@ -17,13 +18,13 @@ from models.live import iso
 from models.tables import AuditEntry, Claim, Competition, MysteryBox, Question, ScoreEvent, Submission, Team
 from web.auth import require_admin, token_hash
 from web.deps import Deps
-from web.errors import Problem, invalid
+from web.errors import Problem, check_code, invalid
 from web.media import read_body, read_raw, write_json
 from web.resources.common import accept_job, get_competition, next_cursor, page_params
-from web.resources.game import Teams
+from web.resources.game import Teams, clean_name
 from web.resources.organiser import audit, question_admin_view
 from web.schemas import AdjustPoints, NewQuestion, QuestionPatch, TeamPatch
-from workers.routing import mystery_queue
+from workers.routing import board_queue, mystery_queue
 
 
 def _admin(req: falcon.Request, deps: Deps, slug: str) -> tuple[Session, str, Competition]:
@@ -60,13 +61,23 @@ def _csv(resp: falcon.Response, rows: list[dict[str, Any]], columns: list[str], 
     resp.text = buffer.getvalue()
 
 
+# A spreadsheet reads a cell starting with one of these as a formula (tab and CR too, in some).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_cell(value: Any) -> Any:
+    """A cell that is safe to open in a spreadsheet: text that could start a formula gets a
+    leading apostrophe, checked after a list is joined (its first item is the cell's start)."""
     if isinstance(value, list):
-        return "|".join(str(v) for v in value)
-    # Spreadsheet formula injection: a cell must never start with a formula character.
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        value = "|".join(str(v) for v in value)
+    if isinstance(value, str) and value.startswith(FORMULA_START):
         return "'" + value
     return value
+
+
+def _uncsv_cell(value: str) -> str:
+    # The export's neutralising apostrophe, taken off again so an exported bank re-imports as it was.
+    return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_START) else value
 
 
 def _format(req: falcon.Request) -> str:
@@ -133,19 +144,15 @@ class TeamItem:
         write_json(resp, row)
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, slug: str, team_id: str) -> None:
-        session, actor, competition = _admin(req, self.deps, slug)
+        session, _, competition = _admin(req, self.deps, slug)
         team = _get_team(session, competition, _team_id(team_id))
         body = read_body(req, TeamPatch, self.deps.settings.max_body_bytes)
         payload: dict[str, Any] = {"teamId": team.id}
         if body.team_name is not None:
-            name = " ".join(body.team_name.split())
-            if not name:
-                raise invalid("teamName", "must not be blank")
-            payload["teamName"] = name
+            payload["teamName"] = clean_name(body.team_name, "teamName")
         if body.disqualified is not None:
             payload["disqualified"] = body.disqualified
-        audit(session, actor, "team.update", competition.id, f"team:{team.id}",
-              {"teamName": team.name, "disqualified": team.disqualified}, payload)
+        # Audited by the worker, in the transaction that applies or refuses it.
         accept_job(req, resp, self.deps, competition=competition, kind="team_update",
                    queue=mystery_queue(self.deps.settings, competition.id), payload=payload,
                    owner_hash=token_hash(self.deps.settings.admin_token), team_id=team.id)
@@ -156,14 +163,14 @@ class Adjustments:
         self.deps = deps
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str, team_id: str) -> None:
-        session, actor, competition = _admin(req, self.deps, slug)
+        session, _, competition = _admin(req, self.deps, slug)
         team = _get_team(session, competition, _team_id(team_id))
         body = read_body(req, AdjustPoints, self.deps.settings.max_body_bytes)
         reason = " ".join(body.reason.split())
         if not reason:
             raise invalid("reason", "must not be blank")
         payload = {"teamId": team.id, "delta": body.delta, "reason": reason}
-        audit(session, actor, "team.adjust", competition.id, f"team:{team.id}", {"points": team.points}, payload)
+        # Audited by the worker, in the transaction that applies or refuses it.
         accept_job(req, resp, self.deps, competition=competition, kind="adjust",
                    queue=mystery_queue(self.deps.settings, competition.id), payload=payload,
                    owner_hash=token_hash(self.deps.settings.admin_token), team_id=team.id)
@@ -182,6 +189,7 @@ class QuestionItem:
         self.deps = deps
 
     def _get(self, session: Session, competition: Competition, code: str, lock: bool = False) -> Question:
+        check_code(code)
         query = select(Question).where(Question.competition_id == competition.id, Question.code == code)
         question = session.scalar(query.with_for_update() if lock else query)
         if question is None:
@@ -228,20 +236,49 @@ class QuestionItem:
 _CSV_COLUMNS = ["questionId", "question", "answer", "points", "options", "difficulty", "category", "kind"]
 
 
-def _rows_from_csv(raw: bytes) -> list[dict[str, Any]]:
+def _csv_text(raw: bytes) -> str:
+    """The file as text: UTF-8 (with or without a BOM) or UTF-16 with its BOM; anything else is
+    refused in words a spreadsheet user can act on."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError:
+            raise _not_text("the file starts like UTF-16 but is not valid UTF-16") from None
     try:
         text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise Problem(falcon.HTTP_400, "bad-request", "Bad request", "the CSV must be UTF-8") from None
-    reader = csv.DictReader(io.StringIO(text))
+    except UnicodeDecodeError as exc:
+        raise _not_text(f"byte {exc.start + 1} is not UTF-8 (a Latin-1 or Windows-1252 file?)") from None
+    if "\x00" in text:
+        raise _not_text("the file contains NUL bytes (UTF-16 without a byte order mark?)")
+    return text
+
+
+def _not_text(why: str) -> Problem:
+    return Problem(falcon.HTTP_400, "bad-request", "Bad request",
+                   f"{why}; save the sheet as 'CSV UTF-8' and import it again",
+                   errors=[{"field": "body", "message": why}])
+
+
+def _rows_from_csv(raw: bytes) -> list[dict[str, Any]]:
+    text = _csv_text(raw)
+    # CR, LF and CRLF all end a line; newline="" lets csv see them as written.
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        records = list(reader)
+    except csv.Error as exc:
+        row = reader.line_num
+        raise Problem(falcon.HTTP_422, "validation-error", "Request validation failed",
+                      f"line {row} of the CSV cannot be read: {exc}",
+                      errors=[{"field": f"line {row}", "message": str(exc)}]) from None
     missing = {"questionId", "question", "answer"} - set(reader.fieldnames or [])
     if missing:
         raise Problem(falcon.HTTP_422, "validation-error", "Request validation failed",
                       f"the CSV header lacks {', '.join(sorted(missing))}",
                       errors=[{"field": "header", "message": f"missing column {m}"} for m in sorted(missing)])
     rows = []
-    for record in reader:
-        row: dict[str, Any] = {k: v for k, v in record.items() if k and v not in (None, "")}
+    for record in records:
+        row: dict[str, Any] = {k: _uncsv_cell(v) for k, v in record.items()
+                               if isinstance(k, str) and k and isinstance(v, str) and v != ""}
         if "points" in row:
             # Non-numbers stay text, so validation names the row and the field.
             with contextlib.suppress(ValueError):
@@ -401,7 +438,30 @@ class AuditLog:
         entries = session.scalars(query.order_by(AuditEntry.id).limit(limit).offset(offset)).all()
         items = [
             {"id": e.id, "at": iso(e.at), "actor": e.actor, "action": e.action, "target": e.target,
-             "before": e.before, "after": e.after}
+             "before": e.before, "after": e.after, "outcome": e.outcome or "applied",
+             "jobId": str(e.job_id) if e.job_id else None}
             for e in entries
         ]
         write_json(resp, {"items": items, "nextCursor": next_cursor(offset, limit, len(items))})
+
+
+class ClaimItem:
+    """An organiser puts a claimed, unanswered question back on the board."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, slug: str, code: str) -> None:
+        session, _, competition = _admin(req, self.deps, slug)
+        check_code(code)
+        question = session.scalar(select(Question.code).where(
+            Question.competition_id == competition.id, Question.code == code, Question.kind == "board"))
+        if question is None:
+            raise Problem(falcon.HTTP_404, "question-not-found", "Question not found",
+                          f"there is no board question {code[:64]!r}")
+        # On the question's board queue, so the release is serialised with answers to it; the
+        # worker audits it with its outcome.
+        accept_job(req, resp, self.deps, competition=competition, kind="claim_release",
+                   queue=board_queue(self.deps.settings, competition.id, question),
+                   payload={"questionId": question, "reason": "organiser"},
+                   owner_hash=token_hash(self.deps.settings.admin_token), team_id=None)

@@ -54,6 +54,9 @@ def competition_view(c: Competition) -> dict[str, Any]:
         "mysteryPrices": {d: c.mystery_price(d) for d in ("EASY", "MEDIUM", "HARD")},
         "mysteryRewards": {d: c.mystery_reward(d) for d in ("EASY", "MEDIUM", "HARD")},
         "freezeAt": iso(c.freeze_at) if c.freeze_at else None,
+        "claimTimeoutSeconds": c.claim_timeout_seconds,
+        # The code itself is never shown: the public reads this view too.
+        "registrationCodeRequired": c.registration_code is not None,
         "createdAt": iso(c.created_at),
         "links": {"self": f"/api/v1/competitions/{c.slug}"},
     }
@@ -64,6 +67,11 @@ def apply_settings(c: Competition, body: CompetitionSettings) -> None:
         value = getattr(body, attr)
         if value is not None:
             setattr(c, column, value)
+    # These two take null for "none", so absence is UNSET.
+    if body.claim_timeout_seconds is not msgspec.UNSET:
+        c.claim_timeout_seconds = body.claim_timeout_seconds
+    if body.registration_code is not msgspec.UNSET:
+        c.registration_code = body.registration_code
     for prefix, per in (("price", body.mystery_prices), ("reward", body.mystery_rewards)):
         if per is None:
             continue
@@ -75,8 +83,9 @@ def apply_settings(c: Competition, body: CompetitionSettings) -> None:
 
 def audit(session: Session, actor: str, action: str, competition_id: int | None, target: str | None,
           before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+    # In the request's transaction, with the change it records: committed together or not at all.
     session.add(AuditEntry(competition_id=competition_id, actor=actor, action=action, target=target,
-                           before=before, after=after))
+                           before=before, after=after, outcome="applied"))
 
 
 class Competitions:
