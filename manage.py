@@ -6,6 +6,7 @@
     python3 manage.py services       only PostgreSQL and Redis, until Ctrl-C
     python3 manage.py bench [ARGS]   python -m loadtests.bench ARGS with the services of `up`
     python3 manage.py bootstrap      only create or refresh .venv
+    python3 manage.py compose-test   build and run docker-compose.yml, drive one round (deploy/ci/)
 
 Only the standard library is imported at start-up: the script creates <repo>/.venv, installs
 requirements.txt into it and re-executes itself with the venv's python. PostgreSQL and Redis are
@@ -956,8 +957,9 @@ def main(argv: Sequence[str]) -> int:
     commands.add_parser("services", help="only PostgreSQL and Redis, until Ctrl-C")
     commands.add_parser("bench", help="python -m loadtests.bench [ARGS] with the services of `up`")
     commands.add_parser("bootstrap", help="create or refresh .venv and stop")
+    commands.add_parser("compose-test", help="build and run the compose stack, drive one round, take it down")
     # pytest's and the bench's own options must pass through untouched, so argparse sees only the name.
-    passthrough = argv[0] in ("test", "bench") if argv else False
+    passthrough = argv[0] in ("test", "bench", "compose-test") if argv else False
     args = parser.parse_args(argv[:1] if passthrough else argv)
     try:
         bootstrap(argv)
@@ -970,6 +972,8 @@ def main(argv: Sequence[str]) -> int:
             return cmd_foreground(UP, [sys.executable, "-m", "loadtests.bench", *argv[1:]])
         if args.command == "services":
             return cmd_services()
+        if args.command == "compose-test":
+            return _run_foreground([sys.executable, "-m", "deploy.ci.compose_test", *argv[1:]], _child_env({}))
         return 0
     except LaunchError as exc:
         _say(f"error: {exc}")
