@@ -53,47 +53,98 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     return value
 
 
+# Where a setting applies, for docs/configuration.md.
+ALL = "every process"
+API = "api"
+WORKERS = "consumers"
+SWEEPER = "sweeper"
+REALTIME = "realtime"
+FLOWER = "flower"
+LAUNCHER = "manage.py"
+
+
+def setting(default: Any, doc: str, applies: str, *, env: str | None = None, shown: str | None = None) -> Any:
+    """A Settings field with what docs/configuration.md says about it.
+
+    ``env`` is the variable's name when it is not the field's name in capitals; ``shown`` replaces
+    the default in the document when the default alone would mislead.
+    """
+    return field(default=default, metadata={"doc": doc, "applies": applies, "env": env, "shown": shown})
+
+
 @dataclass(frozen=True)
 class Settings:
-    environment: str = "development"
-    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/quiz"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    admin_token: str = DEV_ADMIN_TOKEN
-    board_queues: int = 4
-    mystery_shards: int = 1
-    api_host: str = "127.0.0.1"
-    api_port: int = 8000
+    environment: str = setting(
+        "development", "`production` turns on the production checks: a strong `ADMIN_TOKEN` is required.",
+        ALL, env="QUIZ_ENV")
+    database_url: str = setting(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/quiz",
+        "PostgreSQL, e.g. `postgresql://user:password@host:5432/quiz`; `postgres://` and `postgresql://` "
+        "are taken to mean psycopg 3. Unset, `manage.py` starts an embedded server and sets it.",
+        f"{API}, {WORKERS}, {SWEEPER}, {REALTIME}, migrate, seed",
+        shown="embedded server (`manage.py`)")
+    redis_url: str = setting(
+        "redis://127.0.0.1:6379/0",
+        "Redis: the Celery broker, live events, rate limits and caches, e.g. `redis://:password@host:6379/0`. "
+        "Unset, `manage.py` starts an embedded server and sets it.",
+        f"{API}, {WORKERS}, {SWEEPER}, {REALTIME}, {FLOWER}", shown="embedded server (`manage.py`)")
+    admin_token: str = setting(
+        DEV_ADMIN_TOKEN, "Organisers' bearer token, for the API and Socket.IO; at least 16 characters in production, "
+        "where it has no default.", f"{API}, {REALTIME}")
+    board_queues: int = setting(
+        4, "Number of `board.N` queues (claims and answers, routed by question); one consumer each.",
+        f"{API}, {WORKERS}, {SWEEPER}, {LAUNCHER}")
+    mystery_shards: int = setting(
+        1, "Number of `mystery.N` queues (mystery-box draws, routed by competition); one consumer each.",
+        f"{API}, {WORKERS}, {SWEEPER}, {LAUNCHER}")
+    api_host: str = setting("127.0.0.1", "Address the API binds to; Flower binds to the same one under `manage.py`.",
+                            f"{API}, {LAUNCHER}")
+    api_port: int = setting(8000, "The API's port.", f"{API}, {LAUNCHER}")
     # More processes with fewer threads: under load the GIL hands over badly among many busy
     # threads (loadtests/README.md, "API workers and threads"). Threads are still needed, as
     # ``Prefer: wait`` parks one per waiting request.
-    api_workers: int = 3
-    api_threads: int = 16
-    realtime_host: str = "127.0.0.1"
-    realtime_port: int = 8001
-    realtime_async_mode: str = "eventlet"
-    flower_port: int = 5555
-    log_level: str = "INFO"
-    db_pool_size: int = 10
+    api_workers: int = setting(3, "gunicorn worker processes of the API.", API)
+    api_threads: int = setting(
+        16, "Threads per API process; a request with `Prefer: wait` holds one while it waits.", API)
+    realtime_host: str = setting("127.0.0.1", "Address the Socket.IO server binds to.", f"{REALTIME}, {LAUNCHER}")
+    realtime_port: int = setting(8001, "The Socket.IO server's port.", f"{REALTIME}, {LAUNCHER}")
+    realtime_async_mode: str = setting(
+        "eventlet", "python-socketio's async mode: `eventlet`, `gevent` or `threading`.", REALTIME)
+    flower_port: int = setting(5555, "Flower's port.", f"{FLOWER}, {LAUNCHER}")
+    log_level: str = setting("INFO", "Log level: DEBUG, INFO, WARNING, ERROR.", ALL)
+    db_pool_size: int = setting(
+        10, "SQLAlchemy connections kept per process; PostgreSQL's `max_connections` must cover every process.",
+        f"{API}, {WORKERS}, {SWEEPER}, {REALTIME}")
     # Public leaderboard broadcasts per competition are coalesced into at most one per
     # interval; see DESIGN.md "Why the public room is coalesced".
-    broadcast_interval: float = 0.25
-    leaderboard_size: int = 10
-    max_wait_seconds: int = 10
-    max_body_bytes: int = 65536
-    sweep_interval: float = 5.0
-    sweep_after: float = 15.0
-    cors_origins: tuple[str, ...] = field(default_factory=tuple)
-    redis_prefix: str = "quiz"
+    broadcast_interval: float = setting(
+        0.25, "Shortest gap in seconds between two public broadcasts of one competition (longer when "
+        "broadcasts take long).", REALTIME)
+    leaderboard_size: int = setting(10, "Teams in a `leaderboard_update` and the default leaderboard page.",
+                                    f"{API}, {REALTIME}")
+    max_wait_seconds: int = setting(10, "Longest `Prefer: wait=N` the API honours.", API)
+    max_body_bytes: int = setting(65536, "Largest request body in bytes (413 above); at least 1024.", API)
+    sweep_interval: float = setting(5.0, "Seconds between two sweeps.", SWEEPER)
+    sweep_after: float = setting(
+        15.0, "Age in seconds after which an unfinished job's message counts as lost and is sent again.", SWEEPER)
+    cors_origins: tuple[str, ...] = setting(
+        (), "Origins allowed to call the API from a browser, comma-separated; empty allows none (Socket.IO then "
+        "accepts any origin).", f"{API}, {REALTIME}", shown="(none)")
+    redis_prefix: str = setting("quiz", "Prefix of every Redis key and channel, so stacks can share one Redis.",
+                                f"{API}, {WORKERS}, {SWEEPER}, {REALTIME}")
     # Derives deterministic registration tokens for idempotent retries; defaults to the admin token.
-    secret_key: str = ""
+    secret_key: str = setting(
+        "", "Key that signs what the server derives (registration tokens for idempotent retries).", API,
+        shown="`ADMIN_TOKEN`'s value")
     # Writes allowed per window, per team and per client address (0 turns a limit off).
-    rate_limit_window: int = 10
-    rate_limit_team: int = 100
-    rate_limit_ip: int = 1000
+    rate_limit_window: int = setting(10, "Length in seconds of the rate-limit windows.", API)
+    rate_limit_team: int = setting(100, "Writes per team per window; 0 turns the limit off.", API)
+    rate_limit_ip: int = setting(1000, "Writes per client address per window; 0 turns the limit off.", API)
     # A worker applies up to this many waiting jobs of its queue in one transaction.
-    worker_batch_size: int = 50
+    worker_batch_size: int = setting(50, "Most jobs a consumer applies in one transaction.", WORKERS)
     # Wrong answers allowed per team per minute before submissions are refused with 429.
-    wrong_answer_limit: int = 30
+    wrong_answer_limit: int = setting(
+        30, "Wrong answers per team per minute before submissions get 429; 0 turns it off.", API)
 
     @property
     def production(self) -> bool:
@@ -133,6 +184,7 @@ class Settings:
             db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size, minimum=1),
             broadcast_interval=_float(env, "BROADCAST_INTERVAL", cls.broadcast_interval),
             leaderboard_size=_int(env, "LEADERBOARD_SIZE", cls.leaderboard_size, minimum=1),
+            max_wait_seconds=_int(env, "MAX_WAIT_SECONDS", cls.max_wait_seconds, minimum=1),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
             sweep_interval=_float(env, "SWEEP_INTERVAL", cls.sweep_interval, minimum=0.1),
             sweep_after=_float(env, "SWEEP_AFTER", cls.sweep_after),
@@ -148,3 +200,35 @@ class Settings:
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+
+def configuration_doc() -> str:
+    """docs/configuration.md, from the fields of Settings: ``python -m settings > docs/configuration.md``."""
+    from dataclasses import MISSING, fields
+
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated from settings.py by `python -m settings > docs/configuration.md`; do not edit by hand. -->",
+        "",
+        "Every process reads its settings once, from the environment, through `Settings.from_env()` in",
+        "`settings.py`. The defaults suit a laptop (`python3 manage.py up`); `docker-compose.yml` sets the",
+        "production values and `.env.example` lists the secrets it requires. \"Applies to\" names the",
+        "processes that read a setting (`consumers` are the Celery workers, `manage.py` the launcher).",
+        "",
+        "| variable | default | applies to | meaning |",
+        "|---|---|---|---|",
+    ]
+    for spec in fields(Settings):
+        meta = spec.metadata
+        if not meta:
+            raise ValueError(f"Settings.{spec.name} has no documentation: declare it with setting(...)")
+        default = spec.default if spec.default is not MISSING else None
+        shown = meta["shown"] or (f"`{default}`" if default not in ("", ()) else "(empty)")
+        env = meta["env"] or spec.name.upper()
+        lines.append(f"| `{env}` | {shown} | {meta['applies']} | {meta['doc']} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(configuration_doc(), end="")
