@@ -352,7 +352,8 @@ class Events:
             self.client.disconnect()
 
 
-def drive_round(results: Results, env: dict[str, str]) -> None:
+def drive_round(results: Results, env: dict[str, str]) -> str:
+    """The round's steps, each a check; returns the competition's slug."""
     import requests
 
     http = requests.Session()
@@ -398,7 +399,7 @@ def drive_round(results: Results, env: dict[str, str]) -> None:
 
     token = results.check("a team registers (registrations consumer)", register)
     if not token:
-        return
+        return slug
     bearer = {"Authorization": f"Bearer {token}", "Prefer": "wait=10"}
     team = results.check("the team connects over Socket.IO with its token",
                          lambda: Events({"competition": slug, "token": token}))  # fmt: skip
@@ -433,6 +434,7 @@ def drive_round(results: Results, env: dict[str, str]) -> None:
     for listener in listeners:
         listener.close()
     http.close()
+    return slug
 
 
 def check_deployment(results: Results, compose: Compose, env: dict[str, str]) -> None:
@@ -502,6 +504,37 @@ def check_deployment(results: Results, compose: Compose, env: dict[str, str]) ->
     results.check("every container has limits, log rotation, an init and a restart policy", limits_and_logs)
 
 
+INFRASTRUCTURE = ("postgres", "redis", "migrate")
+
+
+def backup_and_restore(compose: Compose, slug: str) -> None:
+    """docs/operations.md, "Backup and restore", as written: dump, stop the writers, restore, migrate, start.
+
+    Afterwards the round's team is still on the leaderboard and a new registration succeeds, so the
+    restore kept the app role's grants.
+    """
+    import requests
+
+    with tempfile.TemporaryFile() as dump:
+        subprocess.run(compose.argv("exec", "-T", "postgres", "pg_dump", "-U", "postgres", "-d", "quiz",
+                                    "--format=custom"), env=compose.env, stdout=dump, check=True, timeout=120)
+        assert dump.tell() > 1000, "the dump is empty"
+        dump.seek(0)
+        writers = [name for name in compose.containers() if name not in INFRASTRUCTURE]
+        compose("stop", *writers, capture=True, timeout=120)
+        subprocess.run(compose.argv("exec", "-T", "postgres", "pg_restore", "-U", "postgres", "-d", "quiz",
+                                    "--clean", "--if-exists", "--exit-on-error"),
+                       env=compose.env, stdin=dump, check=True, capture_output=True, timeout=120)  # fmt: skip
+    compose("run", "--rm", "migrate", capture=True, timeout=180)
+    compose("up", "-d", capture=True, timeout=300)
+    wait_until(lambda: requests.get(f"{API}/readyz", timeout=3).ok, READY_TIMEOUT, "the API after the restore")
+    board = requests.get(f"{API}/api/v1/competitions/{slug}/leaderboard", timeout=10).json()["leaderboard"]
+    assert [(r["teamName"], r["points"]) for r in board] == [("Compose Owls", 1100)], board
+    resp = requests.post(f"{API}/api/v1/competitions/{slug}/teams", headers={"Prefer": "wait=10"}, timeout=30,
+                         json={"teamName": "Restored Foxes", "members": ["Bo"], "email": "foxes@example.com"})
+    assert resp.status_code == 200 and resp.json()["status"] == "succeeded", resp.text[:500]
+
+
 def wait_healthy(compose: Compose, timeout: float) -> None:
     def all_healthy() -> bool:
         states = {name: c["State"] for name, c in compose.containers().items() if name != "migrate"}
@@ -546,9 +579,11 @@ def main(argv: Sequence[str]) -> int:
         results.check("API and realtime answer on their ports", lambda: wait_until(
             lambda: __import__("requests").get(f"{API}/readyz", timeout=3).ok
             and __import__("requests").get(f"{REALTIME}/healthz", timeout=3).ok, READY_TIMEOUT, "API and realtime"))
-        drive_round(results, compose.env)
+        slug = drive_round(results, compose.env)
         check_deployment(results, compose, compose.env)
         results.check("every service reports healthy", lambda: wait_healthy(compose, READY_TIMEOUT))
+        results.check("a pg_dump backup restores over the live database (docs/operations.md)",
+                      lambda: backup_and_restore(compose, slug))
         if results.failed:
             logs = compose("logs", "--no-color", "--tail", "40", check=False, capture=True)
             print(logs.stdout[-20000:], file=sys.stderr)

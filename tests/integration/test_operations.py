@@ -1,9 +1,8 @@
 """What docs/operations.md tells an operator to do, done: a backup restored into a fresh database, and
 the migrations run on a database that already holds a finished competition.
 
-Until `manage.py check` exists these tests check the invariants themselves: every team's points are
-its starting points plus its ledger, a question has at most one claim, a team answers a question at
-most once, and no job is left unfinished.
+The invariants checked after each: every team's points are its starting points plus its ledger, a
+question has at most one claim, a team answers a question at most once, and no job is left unfinished.
 """
 
 from __future__ import annotations
@@ -62,7 +61,7 @@ def play_finished_competition(api: Api, slug: str) -> None:
 
 
 def invariant_violations(conn: Connection) -> list[str]:
-    """What `manage.py check` is to report; empty when the database is consistent."""
+    """Each broken invariant with up to ten offending rows; empty when the database is consistent."""
     checks = {
         "teams whose points are not their starting points plus their ledger": """
             SELECT t.id FROM teams t LEFT JOIN score_events e ON e.team_id = t.id
