@@ -112,6 +112,9 @@ class Settings:
         "eventlet", "python-socketio's async mode: `eventlet`, `gevent` or `threading`.", REALTIME)
     flower_port: int = setting(5555, "Flower's port.", f"{FLOWER}, {LAUNCHER}")
     log_level: str = setting("INFO", "Log level: DEBUG, INFO, WARNING, ERROR.", ALL)
+    log_format: str = setting(
+        "text", "`text`, or `json`: one JSON object per line with time, level, process, logger, message and "
+        "the `request_id` of the HTTP request a line is about (from `X-Request-ID`, or a new one).", ALL)
     db_pool_size: int = setting(
         10, "SQLAlchemy connections kept per process; PostgreSQL's `max_connections` must cover every process.",
         f"{API}, {WORKERS}, {SWEEPER}, {REALTIME}")
@@ -165,6 +168,9 @@ class Settings:
         if async_mode not in ("eventlet", "gevent", "threading"):
             raise SettingsError(f"REALTIME_ASYNC_MODE must be eventlet, gevent or threading, got {async_mode!r}")
         origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
+        log_format = env.get("LOG_FORMAT", "text") or "text"
+        if log_format not in ("text", "json"):
+            raise SettingsError(f"LOG_FORMAT must be text or json, got {log_format!r}")
         return cls(
             environment=environment,
             database_url=_normalise_db_url(env.get("DATABASE_URL", cls.database_url)),
@@ -181,6 +187,7 @@ class Settings:
             realtime_async_mode=async_mode,
             flower_port=_int(env, "FLOWER_PORT", cls.flower_port, minimum=1),
             log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
+            log_format=log_format,
             db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size, minimum=1),
             broadcast_interval=_float(env, "BROADCAST_INTERVAL", cls.broadcast_interval),
             leaderboard_size=_int(env, "LEADERBOARD_SIZE", cls.leaderboard_size, minimum=1),

@@ -14,7 +14,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 REGENERATE = ".venv/bin/python -m settings > docs/configuration.md"
 
 # A value each variable accepts that differs from its default, where the generic probe would not do.
-_PROBES = {"QUIZ_ENV": "staging", "REALTIME_ASYNC_MODE": "threading", "LOG_LEVEL": "DEBUG",
+_PROBES = {"QUIZ_ENV": "staging", "REALTIME_ASYNC_MODE": "threading", "LOG_LEVEL": "DEBUG", "LOG_FORMAT": "json",
            "CORS_ORIGINS": "https://a.example,https://b.example"}  # fmt: skip
 
 
