@@ -15,6 +15,6 @@ log = logging.getLogger("workers.enqueue")
 def enqueue(celery: Celery, job_id: str, kind: str, queue: str) -> None:
     # The HTTP request's id rides along as a message header, so the consumer's log lines carry it.
     request_id = current_request_id()
-    headers = {"request_id": request_id} if request_id else None
-    celery.send_task(TASK_FOR_KIND[kind], kwargs={"job_id": job_id}, queue=queue, headers=headers)
+    extra = {"headers": {"request_id": request_id}} if request_id else {}
+    celery.send_task(TASK_FOR_KIND[kind], kwargs={"job_id": job_id}, queue=queue, **extra)
     log.info("job %s (%s) sent to %s", job_id, kind, queue)
