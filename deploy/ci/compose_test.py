@@ -186,14 +186,16 @@ def debootstrap_image(docker: str) -> None:
         return
     tarball = CACHE / f"{SUITE}-minbase.tar"
     if not tarball.is_file():
-        if shutil.which("debootstrap") is None:
+        # /usr/sbin may be missing from a non-login root shell's PATH.
+        debootstrap = shutil.which("debootstrap") or shutil.which("debootstrap", path="/usr/sbin:/sbin")
+        if debootstrap is None:
             raise SystemExit("compose-test: debootstrap is missing; `apt-get install debootstrap` (or run .ci/run)")
         CACHE.mkdir(parents=True, exist_ok=True)
         mirror = debian_mirror()
         say(f"debootstrap --variant=minbase {SUITE} from {mirror} (once; cached in {CACHE})")
         with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
             root = Path(scratch) / "rootfs"
-            run(["debootstrap", "--variant=minbase", SUITE, str(root), mirror], capture=True)
+            run([debootstrap, "--variant=minbase", SUITE, str(root), mirror], capture=True)
             partial = tarball.with_suffix(".partial")
             # The .debs debootstrap downloaded are no part of the image.
             run(["tar", "-C", str(root), "--exclude=./var/cache/apt/archives/*.deb", "-cf", str(partial), "."])
