@@ -45,6 +45,9 @@ def create_celery(settings: Settings) -> Celery:
 
         # Connected, this signal replaces Celery's own logging set-up (its text lines) with ours.
         setup_logging.connect(json_logging, weak=False)
+        if process_name(sys.argv) == "flower":
+            # Flower sends no such signal; with a handler on the root logger already, tornado adds none.
+            logs.configure(settings, "flower")
     return app
 
 

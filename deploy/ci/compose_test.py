@@ -509,8 +509,6 @@ def check_deployment(results: Results, compose: Compose, env: dict[str, str]) ->
 
 
 INFRASTRUCTURE = ("postgres", "redis", "migrate")
-# Flower's own lines come from tornado's handlers, not the app's logging set-up.
-PLAIN_LOGS = ("flower",)
 
 
 # What a log record looks like when it bypassed the JSON set-up: our text format, gunicorn's default.
@@ -521,7 +519,7 @@ _TEXT_RECORD = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ "
 def json_logs_follow(compose: Compose, request_id: str) -> None:
     """Every app process logs JSON records (start-up banners and the like are not records), and the
     registration's request id is in both the API's and the registrations consumer's lines."""
-    app = [name for name in compose.containers() if name not in (*INFRASTRUCTURE, *PLAIN_LOGS)]
+    app = [name for name in compose.containers() if name not in INFRASTRUCTURE]
     carrying: set[str] = set()
     for name in app:
         out = compose("logs", "--no-color", "--no-log-prefix", name, capture=True, timeout=60).stdout
