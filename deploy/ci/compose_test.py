@@ -565,6 +565,34 @@ def backup_and_restore(compose: Compose, slug: str) -> None:
     assert resp.status_code == 200 and resp.json()["status"] == "succeeded", resp.text[:500]
 
 
+# Run inside a consumer's container: SIGKILL its Celery process, as a crash would end it.
+_CRASH = """
+import os, signal
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+        argv = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')
+    except OSError:
+        continue
+    if b'worker' in argv and b'-Q' in argv:
+        os.kill(int(pid), signal.SIGKILL)
+"""
+
+
+def crashed_consumer_comes_back(compose: Compose, service: str = "board-0") -> None:
+    """The restart policy at work: a consumer that dies is started again and is healthy."""
+    before = compose.containers()[service]["RestartCount"]
+    out = compose.exec(service, "python", "-c", _CRASH)
+    assert out.returncode == 0, out.stderr
+
+    def back() -> bool:
+        container = compose.containers()[service]
+        state = container["State"]
+        return bool(container["RestartCount"] > before and state["Status"] == "running"
+                    and state.get("Health", {}).get("Status") == "healthy")
+
+    wait_until(back, READY_TIMEOUT, f"{service} restarted and healthy", interval=2.0)
+
+
 def wait_healthy(compose: Compose, timeout: float) -> None:
     def all_healthy() -> bool:
         states = {name: c["State"] for name, c in compose.containers().items() if name != "migrate"}
@@ -620,6 +648,8 @@ def main(argv: Sequence[str]) -> int:
         results.check("JSON logs: the registration's request id is in the API's and the consumer's lines",
                       lambda: json_logs_follow(compose, request_id))
         results.check("every service reports healthy", lambda: wait_healthy(compose, READY_TIMEOUT))
+        results.check("a consumer killed by SIGKILL is restarted and healthy again",
+                      lambda: crashed_consumer_comes_back(compose))
         results.check("a pg_dump backup restores over the live database (docs/operations.md)",
                       lambda: backup_and_restore(compose, slug))
         results.check("every service is healthy again after the restore", lambda: wait_healthy(compose, READY_TIMEOUT))
