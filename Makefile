@@ -2,7 +2,7 @@
 PYTHON ?= python3
 ARGS ?=
 
-.PHONY: run test lint bench venv fuzz
+.PHONY: run test lint bench venv fuzz compose-test
 
 run:
 	$(PYTHON) manage.py up --seed
@@ -21,6 +21,10 @@ lint: venv
 
 bench:
 	$(PYTHON) manage.py bench $(ARGS)
+
+# Builds the images and runs docker-compose.yml for one round; needs dockerd (see .ci/run).
+compose-test:
+	$(PYTHON) manage.py compose-test $(ARGS)
 
 venv:
 	$(PYTHON) manage.py bootstrap

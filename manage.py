@@ -7,6 +7,7 @@
     python3 manage.py bench [ARGS]   python -m loadtests.bench ARGS with the services of `up`
     python3 manage.py check [SLUG]   the invariant checker (python -m models.check); exits 1 on a problem
     python3 manage.py bootstrap      only create or refresh .venv
+    python3 manage.py compose-test   build and run docker-compose.yml, drive one round (deploy/ci/)
 
 Only the standard library is imported at start-up: the script creates <repo>/.venv, installs
 requirements.txt into it and re-executes itself with the venv's python. PostgreSQL and Redis are
@@ -1094,8 +1095,9 @@ def main(argv: Sequence[str]) -> int:
     commands.add_parser("bench", help="python -m loadtests.bench [ARGS] with the services of `up`")
     commands.add_parser("check", help="check the invariants (ledger, uniqueness, stuck jobs, cache) [SLUG]")
     commands.add_parser("bootstrap", help="create or refresh .venv and stop")
+    commands.add_parser("compose-test", help="build and run the compose stack, drive one round, take it down")
     # pytest's and the bench's own options must pass through untouched, so argparse sees only the name.
-    passthrough = argv[0] in ("test", "bench", "check") if argv else False
+    passthrough = argv[0] in ("test", "bench", "check", "compose-test") if argv else False
     args = parser.parse_args(argv[:1] if passthrough else argv)
     try:
         bootstrap(argv)
@@ -1114,6 +1116,8 @@ def main(argv: Sequence[str]) -> int:
             return cmd_foreground(UP, [sys.executable, "-m", "models.check", *argv[1:]], quiet=True)
         if args.command == "services":
             return cmd_services()
+        if args.command == "compose-test":
+            return _run_foreground([sys.executable, "-m", "deploy.ci.compose_test", *argv[1:]], _child_env({}))
         return 0
     except LaunchError as exc:
         _say(f"error: {exc}")

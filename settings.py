@@ -73,76 +73,148 @@ def weak_secret(value: str, minimum: int) -> str | None:
     return None
 
 
+# Where a setting applies, for docs/configuration.md.
+ALL = "every process"
+API = "api"
+WORKERS = "consumers"
+SWEEPER = "sweeper"
+REALTIME = "realtime"
+FLOWER = "flower"
+LAUNCHER = "manage.py"
+
+
+def setting(default: Any, doc: str, applies: str, *, env: str | None = None, shown: str | None = None) -> Any:
+    """A Settings field with what docs/configuration.md says about it.
+
+    ``env`` is the variable's name when it is not the field's name in capitals; ``shown`` replaces
+    the default in the document when the default alone would mislead.
+    """
+    return field(default=default, metadata={"doc": doc, "applies": applies, "env": env, "shown": shown})
+
+
 @dataclass(frozen=True)
 class Settings:
-    environment: str = "development"
-    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/quiz"
+    environment: str = setting(
+        "development", "`production` turns on the production checks: strong `ADMIN_TOKEN` and `SECRET_KEY` are "
+        "required.", ALL, env="QUIZ_ENV")
+    database_url: str = setting(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/quiz",
+        "PostgreSQL, e.g. `postgresql://user:password@host:5432/quiz`; `postgres://` and `postgresql://` "
+        "are taken to mean psycopg 3. The migrations run as this role (the owner). Unset, `manage.py` starts "
+        "an embedded server and sets it.",
+        f"{API}, {WORKERS}, {SWEEPER}, {REALTIME}, migrate, seed", shown="embedded server (`manage.py`)")
     # What the app processes (API, workers, sweeper, realtime) connect as: a role that owns no
     # table, so it cannot disable the audit log's append-only trigger. Migrations use
     # database_url (the owner), and create this role. Empty: the app uses database_url too.
-    app_database_url: str = ""
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    admin_token: str = DEV_ADMIN_TOKEN
-    board_queues: int = 4
-    mystery_shards: int = 1
-    api_host: str = "127.0.0.1"
-    api_port: int = 8000
+    app_database_url: str = setting(
+        "", "The role the app processes connect as, one that owns no table (so it cannot switch off the audit "
+        "log's trigger); the migrations create it and grant it the app's privileges. Empty: `DATABASE_URL`.",
+        f"{API}, {WORKERS}, {SWEEPER}, {REALTIME}, migrate", shown="`DATABASE_URL`")
+    redis_url: str = setting(
+        "redis://127.0.0.1:6379/0",
+        "Redis: the Celery broker, live events, rate limits and caches, e.g. `redis://:password@host:6379/0`. "
+        "Unset, `manage.py` starts an embedded server and sets it.",
+        f"{API}, {WORKERS}, {SWEEPER}, {REALTIME}, {FLOWER}", shown="embedded server (`manage.py`)")
+    admin_token: str = setting(
+        DEV_ADMIN_TOKEN, "Organisers' bearer token, for the API and Socket.IO. Required (16+ characters) in production "
+        "and whenever the API or realtime listens beyond loopback.", f"{API}, {REALTIME}")
+    board_queues: int = setting(
+        4, "Number of `board.N` queues (claims and answers, routed by question); one consumer each.",
+        f"{API}, {WORKERS}, {SWEEPER}, {LAUNCHER}")
+    mystery_shards: int = setting(
+        1, "Number of `mystery.N` queues (mystery-box draws, routed by competition); one consumer each.",
+        f"{API}, {WORKERS}, {SWEEPER}, {LAUNCHER}")
+    api_host: str = setting("127.0.0.1", "Address the API binds to; Flower binds to the same one under `manage.py`.",
+                            f"{API}, {LAUNCHER}")
+    api_port: int = setting(8000, "The API's port.", f"{API}, {LAUNCHER}")
     # More processes with fewer threads: under load the GIL hands over badly among many busy
     # threads (loadtests/README.md, "API workers and threads"). Threads are still needed, as
     # ``Prefer: wait`` parks one per waiting request.
-    api_workers: int = 3
-    api_threads: int = 16
-    realtime_host: str = "127.0.0.1"
-    realtime_port: int = 8001
-    realtime_async_mode: str = "eventlet"
+    api_workers: int = setting(3, "gunicorn worker processes of the API.", API)
+    api_threads: int = setting(
+        16, "Threads per API process; a request with `Prefer: wait` holds one while it waits.", API)
+    realtime_host: str = setting("127.0.0.1", "Address the Socket.IO server binds to.", f"{REALTIME}, {LAUNCHER}")
+    realtime_port: int = setting(
+        8001, "The Socket.IO port (HAProxy's, when `REALTIME_PROCESSES` is more than 1).", f"{REALTIME}, {LAUNCHER}")
+    realtime_async_mode: str = setting(
+        "eventlet", "python-socketio's async mode: `eventlet`, `gevent` or `threading`.", REALTIME)
     # Socket.IO processes; with more than one, HAProxy listens on REALTIME_PORT and spreads
     # clients over them (sticky by cookie), each on REALTIME_BACKEND_PORT + i (default
     # REALTIME_PORT + 1 + i) on loopback.
-    realtime_processes: int = 1
-    realtime_backend_port: int = 0
-    flower_port: int = 5555
-    log_level: str = "INFO"
-    db_pool_size: int = 10
+    realtime_processes: int = setting(
+        1, "Socket.IO processes `manage.py up` starts; with more than one, HAProxy spreads clients over them, "
+        "sticky by cookie.", LAUNCHER)
+    realtime_backend_port: int = setting(
+        0, "First loopback port of the Socket.IO processes behind HAProxy; 0: `REALTIME_PORT` + 1.", LAUNCHER,
+        shown="`REALTIME_PORT` + 1")
+    flower_port: int = setting(5555, "Flower's port.", f"{FLOWER}, {LAUNCHER}")
+    log_level: str = setting("INFO", "Log level: DEBUG, INFO, WARNING, ERROR.", ALL)
+    log_format: str = setting(
+        "text", "`text`, or `json`: one JSON object per line with time, level, process, logger, message and "
+        "the `request_id` of the HTTP request a line is about (from `X-Request-ID`, or a new one).", ALL)
+    db_pool_size: int = setting(
+        10, "SQLAlchemy connections kept per process; PostgreSQL's `max_connections` must cover every process.",
+        f"{API}, {WORKERS}, {SWEEPER}, {REALTIME}")
     # Public leaderboard broadcasts per competition are coalesced into at most one per
     # interval; see DESIGN.md "Why the public room is coalesced".
-    broadcast_interval: float = 0.25
+    broadcast_interval: float = setting(
+        0.25, "Shortest gap in seconds between two public broadcasts of one competition (longer when "
+        "broadcasts take long).", REALTIME)
     # How often a realtime server re-reads the competitions it serves (state, freeze) from
     # PostgreSQL, in case a pub/sub message about them was lost.
-    realtime_refresh: float = 1.0
-    leaderboard_size: int = 10
-    max_wait_seconds: int = 10
+    realtime_refresh: float = setting(
+        1.0, "Seconds between two re-reads of the served competitions' state and freeze, in case a message "
+        "was lost.", REALTIME)
+    leaderboard_size: int = setting(10, "Teams in a `leaderboard_update` and the default leaderboard page.",
+                                    f"{API}, {REALTIME}")
+    max_wait_seconds: int = setting(10, "Longest `Prefer: wait=N` the API honours.", API)
     # Requests of one API process that may wait (``Prefer: wait``) at once, each parking a
     # thread; 0 means three quarters of API_THREADS, so some threads stay free for other work.
-    max_waiters: int = 0
-    max_body_bytes: int = 65536
-    sweep_interval: float = 5.0
-    sweep_after: float = 15.0
-    cors_origins: tuple[str, ...] = field(default_factory=tuple)
-    redis_prefix: str = "quiz"
+    max_waiters: int = setting(
+        0, "Requests of one API process that may wait (`Prefer: wait`) at once; 0: three quarters of "
+        "`API_THREADS`.", API, shown="3/4 of `API_THREADS`")
+    max_body_bytes: int = setting(65536, "Largest request body in bytes (413 above); at least 1024.", API)
+    sweep_interval: float = setting(5.0, "Seconds between two sweeps.", SWEEPER)
+    sweep_after: float = setting(
+        15.0, "Age in seconds after which an unfinished job's message counts as lost and is sent again.", SWEEPER)
+    cors_origins: tuple[str, ...] = setting(
+        (), "Origins allowed to call the API from a browser, comma-separated; empty allows none (Socket.IO then "
+        "accepts any origin).", f"{API}, {REALTIME}", shown="(none)")
+    redis_prefix: str = setting("quiz", "Prefix of every Redis key and channel, so stacks can share one Redis.",
+                                f"{API}, {WORKERS}, {SWEEPER}, {REALTIME}")
     # Signs team tokens from a random per-registration seed (so a replay can return the token).
     # Required in production, and never the admin token.
-    secret_key: str = DEV_SECRET_KEY
+    secret_key: str = setting(
+        DEV_SECRET_KEY, "Signs team tokens (from a random seed per registration). Required in production "
+        f"({MIN_SECRET_KEY}+ characters, not a pattern), and never the admin token.", API,
+        shown="a development key")
     # Writes allowed per window, per team and per client address (0 turns a limit off).
-    rate_limit_window: int = 10
-    rate_limit_team: int = 100
-    rate_limit_ip: int = 1000
+    rate_limit_window: int = setting(10, "Length in seconds of the rate-limit windows.", API)
+    rate_limit_team: int = setting(100, "Writes per team per window; 0 turns the limit off.", API)
+    rate_limit_ip: int = setting(1000, "Writes per client address per window; 0 turns the limit off.", API)
     # Reads (GET) allowed per window, per team token and per client address.
-    rate_limit_read_team: int = 600
-    rate_limit_read_ip: int = 6000
+    rate_limit_read_team: int = setting(600, "Reads (GET) per team token per window; 0 turns the limit off.", API)
+    rate_limit_read_ip: int = setting(6000, "Reads (GET) per client address per window; 0 turns the limit off.", API)
     # Registrations per client address per registration window. A school hall behind one NAT
     # registers all its teams in a few minutes: 200 per 10 minutes covers two hundred teams.
-    rate_limit_register_ip: int = 200
-    rate_limit_register_window: int = 600
+    rate_limit_register_ip: int = setting(
+        200, "Registrations per client address per registration window (a school behind one NAT).", API)
+    rate_limit_register_window: int = setting(600, "Length in seconds of the registration window.", API)
     # A second bearer token that may read /metrics only (Prometheus); the admin token may too.
-    metrics_token: str = ""
+    metrics_token: str = setting(
+        "", "A bearer token that may read `/metrics` only (for Prometheus); the admin token may too.", API)
     # Finished jobs older than this are purged by the sweeper (their Idempotency-Keys with them).
-    job_retention_seconds: int = 7 * 24 * 3600
+    job_retention_seconds: int = setting(
+        7 * 24 * 3600, "Finished jobs older than this many seconds are purged, their Idempotency-Keys with them.",
+        SWEEPER)
     # A worker applies up to this many waiting jobs of its queue in one transaction.
-    worker_batch_size: int = 50
+    worker_batch_size: int = setting(50, "Most jobs a consumer applies in one transaction.", WORKERS)
     # Wrong answers allowed per team per minute before submissions are refused with 429.
-    wrong_answer_limit: int = 30
+    wrong_answer_limit: int = setting(
+        30, "Wrong answers per team per minute before submissions get 429; 0 turns it off.", API)
     # Fault tests only: a folder of failpoint files (models/failpoints.py); empty turns them off.
-    failpoints_dir: str = ""
+    failpoints_dir: str = setting("", "Fault tests only: a folder of failpoint files; empty turns them off.",
+                                  f"{WORKERS}, {API}")
 
     @property
     def wait_capacity(self) -> int:
@@ -195,6 +267,9 @@ class Settings:
         if async_mode not in ("eventlet", "gevent", "threading"):
             raise SettingsError(f"REALTIME_ASYNC_MODE must be eventlet, gevent or threading, got {async_mode!r}")
         origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
+        log_format = env.get("LOG_FORMAT", "text") or "text"
+        if log_format not in ("text", "json"):
+            raise SettingsError(f"LOG_FORMAT must be text or json, got {log_format!r}")
         return cls(
             environment=environment,
             database_url=_normalise_db_url(env.get("DATABASE_URL", cls.database_url)),
@@ -214,10 +289,12 @@ class Settings:
             realtime_backend_port=_int(env, "REALTIME_BACKEND_PORT", cls.realtime_backend_port),
             flower_port=_int(env, "FLOWER_PORT", cls.flower_port, minimum=1),
             log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
+            log_format=log_format,
             db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size, minimum=1),
             broadcast_interval=_float(env, "BROADCAST_INTERVAL", cls.broadcast_interval),
             realtime_refresh=_float(env, "REALTIME_REFRESH", cls.realtime_refresh, minimum=0.1),
             leaderboard_size=_int(env, "LEADERBOARD_SIZE", cls.leaderboard_size, minimum=1),
+            max_wait_seconds=_int(env, "MAX_WAIT_SECONDS", cls.max_wait_seconds, minimum=1),
             max_waiters=_int(env, "MAX_WAITERS", cls.max_waiters),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
             sweep_interval=_float(env, "SWEEP_INTERVAL", cls.sweep_interval, minimum=0.1),
@@ -242,3 +319,34 @@ class Settings:
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+def configuration_doc() -> str:
+    """docs/configuration.md, from the fields of Settings: ``python -m settings > docs/configuration.md``."""
+    from dataclasses import MISSING, fields
+
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated from settings.py by `python -m settings > docs/configuration.md`; do not edit by hand. -->",
+        "",
+        "Every process reads its settings once, from the environment, through `Settings.from_env()` in",
+        "`settings.py`. The defaults suit a laptop (`python3 manage.py up`); `docker-compose.yml` sets the",
+        "production values and `.env.example` lists the secrets it requires. \"Applies to\" names the",
+        "processes that read a setting (`consumers` are the Celery workers, `manage.py` the launcher).",
+        "",
+        "| variable | default | applies to | meaning |",
+        "|---|---|---|---|",
+    ]
+    for spec in fields(Settings):
+        meta = spec.metadata
+        if not meta:
+            raise ValueError(f"Settings.{spec.name} has no documentation: declare it with setting(...)")
+        default = spec.default if spec.default is not MISSING else None
+        shown = meta["shown"] or (f"`{default}`" if default not in ("", ()) else "(empty)")
+        env = meta["env"] or spec.name.upper()
+        lines.append(f"| `{env}` | {shown} | {meta['applies']} | {meta['doc']} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(configuration_doc(), end="")

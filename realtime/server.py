@@ -12,6 +12,7 @@ import signal
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import logs
 from settings import Settings
 
 log = logging.getLogger("realtime")
@@ -102,7 +103,7 @@ def _tune_gc() -> None:
 def main(settings: Settings | None = None) -> int:
     settings = settings or Settings.from_env()
     _patch(settings.realtime_async_mode)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings, "realtime")
     from realtime.app import create_realtime
 
     runtime = Runtime(settings.realtime_async_mode)

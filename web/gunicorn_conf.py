@@ -9,6 +9,16 @@ from web.errors import PROBLEM, PROBLEM_BASE, STATUS_KINDS
 
 _settings = Settings.from_env()
 
+if _settings.log_format == "json":
+    # gunicorn's own lines (workers booting, timeouts) in the same JSON as the app's.
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "logs.JsonFormatter", "process": "api"}},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+        "loggers": {"gunicorn.error": {"handlers": ["console"], "level": _settings.log_level, "propagate": False}},
+    }
+
 bind = f"{_settings.api_host}:{_settings.api_port}"
 workers = _settings.api_workers
 # Threads, because ``Prefer: wait`` parks a request until its job finishes.

@@ -7,6 +7,7 @@ from typing import Any
 import falcon
 from sqlalchemy.orm import Session, sessionmaker
 
+import logs
 from settings import Settings
 
 SECURITY_HEADERS = {
@@ -67,3 +68,21 @@ class ResponseHeaders:
                 resp.set_header("Access-Control-Allow-Headers",
                                 "Authorization, Content-Type, Prefer, Idempotency-Key")
                 resp.set_header("Access-Control-Max-Age", "600")
+
+
+class RequestId:
+    """Every request has an id: the client's ``X-Request-ID`` when sane, or a new one. It is returned in
+    the response, carried by the log lines of this thread and sent with the job to its consumer."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        request_id = logs.new_request_id(req.get_header("X-Request-ID"))
+        req.context.request_id = request_id
+        req.context.request_id_token = logs.set_request_id(request_id)
+        resp.set_header("X-Request-ID", request_id)
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any,
+                         req_succeeded: bool) -> None:
+        token = getattr(req.context, "request_id_token", None)
+        if token is not None:
+            logs.reset_request_id(token)
+            req.context.request_id_token = None

@@ -4,11 +4,10 @@ Imported by each gunicorn worker after fork (no preload), so every process build
 engine and Redis clients.
 """
 
-import logging
-
+import logs
 from settings import Settings
 from web.app import create_app
 
 settings = Settings.from_env()
-logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+logs.configure(settings, "api")
 app = create_app(settings)

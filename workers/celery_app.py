@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from celery import Celery
+import sys
+from typing import Any
 
+from celery import Celery
+from celery.signals import setup_logging
+
+import logs
 from settings import Settings
 
 
@@ -33,7 +38,24 @@ def create_celery(settings: Settings) -> Celery:
         task_send_sent_event=False,
     )
     app.conf.quiz_settings = settings
+    if settings.log_format == "json":
+
+        def json_logging(**_: Any) -> None:
+            logs.configure(settings, process_name(sys.argv))
+
+        # Connected, this signal replaces Celery's own logging set-up (its text lines) with ours.
+        setup_logging.connect(json_logging, weak=False)
+        if process_name(sys.argv) == "flower":
+            # Flower sends no such signal; with a handler on the root logger already, tornado adds none.
+            logs.configure(settings, "flower")
     return app
+
+
+def process_name(argv: list[str]) -> str:
+    """A consumer is named by its queue (``-Q board.0``), as the launcher and compose name it."""
+    if "-Q" in argv[:-1]:
+        return argv[argv.index("-Q") + 1]
+    return "flower" if "flower" in argv else "celery"
 
 
 app = create_celery(Settings.from_env())

@@ -24,6 +24,7 @@ from celery import Celery
 from sqlalchemy import delete, exists, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+import logs
 from models.db import make_engine, make_sessionmaker
 from models.live import Live, utcnow
 from models.ranking import all_standings
@@ -156,7 +157,7 @@ class Sweeper:
 
 def main() -> int:
     settings = Settings.from_env()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings, "sweeper")
     engine = make_engine(settings, pool_size=1)
     sweeper = Sweeper(settings, make_sessionmaker(engine), Live(settings), create_celery(settings))
     stop = threading.Event()
