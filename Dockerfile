@@ -16,6 +16,11 @@ RUN sed '/^# Embedded/,$d' requirements.txt > /tmp/runtime.txt \
     && pip install -r /tmp/runtime.txt \
     && rm /tmp/runtime.txt
 
+# HAProxy fronts the realtime processes (the balancer service runs `python -m processes balancer`).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends haproxy \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN useradd --system --user-group --no-create-home --home-dir /app --shell /usr/sbin/nologin quiz
 COPY . .
 USER quiz

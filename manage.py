@@ -986,7 +986,6 @@ def cmd_up(seed: bool) -> int:
             return 1
         if settings.realtime_processes > 1 and shutil.which("haproxy", path=env.get("PATH")) is None:
             raise LaunchError("more than one realtime process needs HAProxy in front: apt-get install haproxy")
-        _processes().prepare(settings)
         for process in processes:
             supervisor.spawn(process.name, process.argv, restart=process.restart, env=process.env)
         return _supervise(supervisor, services, env, seed)

@@ -11,7 +11,11 @@ consumer kind has one instance per queue, never more.
 
 from __future__ import annotations
 
+import logging
+import os
 import resource
+import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,16 +67,19 @@ def backend_port(settings: Settings, index: int) -> int:
 def _realtime(settings: Settings) -> list[dict[str, str]]:
     if settings.realtime_processes == 1:
         return [{"name": "realtime"}]
-    return [
-        {"name": f"realtime-{i}", "env.REALTIME_HOST": "127.0.0.1", "env.REALTIME_PORT": str(backend_port(settings, i))}
-        for i in range(settings.realtime_processes)
-    ]
+    return [{"name": f"realtime-{i}", "env.REALTIME_PORT": str(backend_port(settings, i))}
+            for i in range(settings.realtime_processes)]
 
 
 def _balancer(settings: Settings) -> list[dict[str, str]]:
-    if settings.realtime_processes == 1:
-        return []
-    return [{"name": "balancer", "config": str(balancer_config_path(settings))}]
+    return [] if settings.realtime_processes == 1 else [{"name": "balancer"}]
+
+
+def backends(settings: Settings) -> list[str]:
+    """``host:port`` of each realtime process, as the balancer reaches it."""
+    if settings.realtime_backends:
+        return [b.strip() for b in settings.realtime_backends.split(",") if b.strip()]
+    return [f"127.0.0.1:{backend_port(settings, i)}" for i in range(settings.realtime_processes)]
 
 
 def balancer_config_path(settings: Settings) -> Path:
@@ -88,8 +95,8 @@ def balancer_config(settings: Settings) -> str:
     WebSockets pass through as tunnels. A process that stops answering /healthz is taken out.
     """
     servers = "\n".join(
-        f"    server realtime-{i} 127.0.0.1:{backend_port(settings, i)} check inter 2s fall 2 rise 1 cookie r{i}"
-        for i in range(settings.realtime_processes)
+        f"    server realtime-{i} {address} check inter 2s fall 2 rise 1 cookie r{i}"
+        for i, address in enumerate(backends(settings))
     )
     # Each proxied connection holds two descriptors; HAProxy refuses to start above the limit.
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -119,10 +126,25 @@ backend realtime
 """
 
 
-def prepare(settings: Settings) -> None:
-    """Write the files the stack's processes read at start (the balancer's configuration)."""
-    if settings.realtime_processes > 1:
-        balancer_config_path(settings).write_text(balancer_config(settings))
+def run_balancer(settings: Settings) -> None:
+    """Write HAProxy's configuration for these settings and become HAProxy (``python -m processes balancer``).
+
+    One command for the launcher and for compose: the configuration follows the environment.
+    """
+    import logs
+
+    logs.configure(settings, "balancer")
+    log = logging.getLogger("balancer")
+    path = balancer_config_path(settings)
+    path.write_text(balancer_config(settings))
+    haproxy = shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+    if haproxy is None:
+        log.error("haproxy is not installed (Debian: apt-get install haproxy)")
+        raise SystemExit(1)
+    log.info("HAProxy on %s:%s in front of %s", settings.realtime_host, settings.realtime_port,
+             ", ".join(backends(settings)))
+    logging.shutdown()
+    os.execv(haproxy, [haproxy, "-W", "-db", "-f", str(path)])  # noqa: S606 - our own argv
 
 
 def _flower(settings: Settings) -> list[dict[str, str]]:
@@ -142,7 +164,7 @@ KINDS: tuple[Kind, ...] = (
          "exactly one per queue: registrations, board.N, mystery.N", restart=True, instances=_per_queue),
     Kind("sweeper", ("python", "-m", "workers.sweeper"), "one", restart=True, instances=_one("sweeper")),
     Kind("realtime", ("python", "-m", "realtime"), "REALTIME_PROCESSES (1)", restart=True, instances=_realtime),
-    Kind("balancer", ("haproxy", "-W", "-db", "-f", "{config}"),
+    Kind("balancer", ("python", "-m", "processes", "balancer"),
          "one when REALTIME_PROCESSES > 1, else none", restart=True, instances=_balancer),
     Kind("flower", ("celery", "-A", "workers.celery_app", "flower", "--port={port}", "--address={address}"),
          "one", restart=True, instances=_flower),
@@ -173,3 +195,9 @@ def stack(settings: Settings) -> list[Process]:
 def consumer(settings: Settings, queue: str) -> Process:
     """The one consumer of ``queue``."""
     return next(p for p in expand(kind("consumer"), settings) if p.argv[p.argv.index("-Q") + 1] == queue)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["balancer"]:
+        raise SystemExit("usage: python -m processes balancer")
+    run_balancer(Settings.from_env())

@@ -147,6 +147,10 @@ class Settings:
     realtime_backend_port: int = setting(
         0, "First loopback port of the Socket.IO processes behind HAProxy; 0: `REALTIME_PORT` + 1.", LAUNCHER,
         shown="`REALTIME_PORT` + 1")
+    realtime_backends: str = setting(
+        "", "Where HAProxy sends Socket.IO clients, `host:port,host:port`, one per process; empty: "
+        "127.0.0.1 on `REALTIME_BACKEND_PORT` + i (compose names the containers).", LAUNCHER,
+        shown="(loopback ports)")
     flower_port: int = setting(5555, "Flower's port.", f"{FLOWER}, {LAUNCHER}")
     log_level: str = setting("INFO", "Log level: DEBUG, INFO, WARNING, ERROR.", ALL)
     log_format: str = setting(
@@ -287,6 +291,7 @@ class Settings:
             realtime_async_mode=async_mode,
             realtime_processes=_int(env, "REALTIME_PROCESSES", cls.realtime_processes, minimum=1),
             realtime_backend_port=_int(env, "REALTIME_BACKEND_PORT", cls.realtime_backend_port),
+            realtime_backends=env.get("REALTIME_BACKENDS", ""),
             flower_port=_int(env, "FLOWER_PORT", cls.flower_port, minimum=1),
             log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
             log_format=log_format,

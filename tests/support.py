@@ -213,11 +213,13 @@ class Stack:
         backends = free_port(exclude=[self.settings.api_port, self.settings.realtime_port, port])
         settings = self.settings.with_overrides(realtime_port=port, realtime_processes=count,
                                                 realtime_backend_port=backends)
-        processes.prepare(settings)
+        stack_env = {"REALTIME_PORT": str(port), "REALTIME_PROCESSES": str(count),
+                     "REALTIME_BACKEND_PORT": str(backends)}
         started = []
         for kind in ("realtime", "balancer"):
             for process in processes.expand(processes.kind(kind), settings):
-                started.append(self.add(f"balanced-{process.name}", self.command(process), **process.env))
+                started.append(self.add(f"balanced-{process.name}", self.command(process),
+                                        **{**stack_env, **process.env}))
         try:
             for i in range(count):
                 self.wait_http(f"http://127.0.0.1:{processes.backend_port(settings, i)}/healthz")
