@@ -207,6 +207,12 @@ class Settings:
     # A second bearer token that may read /metrics only (Prometheus); the admin token may too.
     metrics_token: str = setting(
         "", "A bearer token that may read `/metrics` only (for Prometheus); the admin token may too.", API)
+    # Where the API's gunicorn workers keep their request counters, so a scrape of any worker sums
+    # them all (prometheus_client's multiprocess mode); web/gunicorn_conf.py empties it at start.
+    prometheus_multiproc_dir: str = setting(
+        "", "Folder of the API workers' shared request metrics (prometheus_client's multiprocess mode), emptied "
+        "at each start; empty: a new temporary folder per start, removed at exit.", API,
+        env="PROMETHEUS_MULTIPROC_DIR", shown="a new temporary folder")
     # Finished jobs older than this are purged by the sweeper (their Idempotency-Keys with them).
     job_retention_seconds: int = setting(
         7 * 24 * 3600, "Finished jobs older than this many seconds are purged, their Idempotency-Keys with them.",
@@ -316,6 +322,7 @@ class Settings:
             rate_limit_register_window=_int(env, "RATE_LIMIT_REGISTER_WINDOW", cls.rate_limit_register_window,
                                             minimum=1),
             metrics_token=metrics_token,
+            prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR", ""),
             job_retention_seconds=_int(env, "JOB_RETENTION_SECONDS", cls.job_retention_seconds, minimum=60),
             worker_batch_size=_int(env, "WORKER_BATCH_SIZE", cls.worker_batch_size, minimum=1),
             wrong_answer_limit=_int(env, "WRONG_ANSWER_LIMIT", cls.wrong_answer_limit),

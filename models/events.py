@@ -42,6 +42,10 @@ def parse_iso(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+RequestId = Annotated[str | None, Meta(description="the `X-Request-ID` of the write that caused it; left out when "
+                                                 "there is none (a sweeper's job)")]
+
+
 # -- parts shared by several events -------------------------------------------------------------
 
 
@@ -123,6 +127,7 @@ class ScoreUpdate(Event, kw_only=True, tag="score_update"):
     delta: int
     reason: str
     rank: int | None
+    request_id: RequestId = None
 
 
 class QuestionClaimed(Event, kw_only=True, tag="question_claimed"):
@@ -171,6 +176,7 @@ class JobUpdate(Event, kw_only=True, tag="job_update"):
     links: JobLinks
     result: Annotated[dict[str, Any] | None, Meta(description="left out when the job has none")] = None
     error: Annotated[JobError | None, Meta(description="left out when the job has none")] = None
+    request_id: RequestId = None
 
 
 class TimeUpdate(Event, kw_only=True, tag="time_update"):
@@ -180,6 +186,7 @@ class TimeUpdate(Event, kw_only=True, tag="time_update"):
 
     deadline: Iso | None
     remaining_seconds: int | None
+    request_id: RequestId = None
 
 
 ClientEvent = Union[  # noqa: UP007 - a runtime union object, for msgspec and the docs
@@ -191,11 +198,12 @@ EVENTS: dict[str, type[Event]] = {cls.__struct_config__.tag: cls for cls in typi
 def to_wire(event: Event) -> tuple[str, dict[str, Any]]:
     """The Socket.IO event name and its JSON-ready payload (the tag is the name, not a field)."""
     data = msgspec.to_builtins(event)
-    # A job's result and error are left out when there are none, as in the REST view.
-    if isinstance(event, JobUpdate):
-        for name in ("result", "error"):
-            if data[name] is None:
-                del data[name]
+    # A job's result and error are left out when there are none, as in the REST view; so is a
+    # request id, so events of jobs without one keep their earlier shape.
+    optional = ("result", "error", "requestId") if isinstance(event, JobUpdate) else ("requestId",)
+    for name in optional:
+        if name in data and data[name] is None:
+            del data[name]
     return data.pop("event"), data
 
 

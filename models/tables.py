@@ -293,6 +293,9 @@ class Job(Base):
     # A registration's team token is HMAC(SECRET_KEY, token_seed): random, never from the request,
     # and recoverable for a replay with a high-entropy Idempotency-Key.
     token_seed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The X-Request-ID of the write that recorded the job: a batch applies jobs of many requests,
+    # so the id travels in the row, into the consumer's log lines and the events the job causes.
+    request_id: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -13,6 +13,7 @@ from settings import Settings
 from web import openapi
 from web.deps import Deps
 from web.errors import Problem, register_error_handlers
+from web.metrics import RequestMetrics
 from web.middleware import RequestId, ResponseHeaders, SessionScope
 from web.pages import add_routes as add_pages
 from web.ratelimit import RateLimiter, RateLimits
@@ -45,6 +46,8 @@ def _unavailable(req: falcon.Request, resp: falcon.Response, ex: Exception, para
 def create_app(settings: Settings, deps: Deps | None = None) -> falcon.App:
     deps = deps or Deps.create(settings)
     app = falcon.App(middleware=[
+        # First, so that its response hook runs last and its timing covers the others' work.
+        RequestMetrics(),
         RequestId(),
         ResponseHeaders(settings),
         RateLimits(settings, RateLimiter(deps.redis, settings.redis_prefix)),

@@ -1,6 +1,10 @@
 """gunicorn settings, derived from the one Settings object."""
 
 import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 from gunicorn import util as _gunicorn_util
 
@@ -8,6 +12,18 @@ from settings import Settings
 from web.errors import PROBLEM, PROBLEM_BASE, STATUS_KINDS
 
 _settings = Settings.from_env()
+
+# The request metrics of every worker go to files in one folder, summed at each scrape
+# (web/metrics.py). prometheus_client picks its multiprocess mode from the environment when it is
+# first imported, which happens in the workers after fork, so the master sets the variable here,
+# before any worker exists. A folder of our own per start: files left by an earlier run would
+# add its counts to this one's, and two APIs on one host must not share one.
+_metrics_dir = Path(_settings.prometheus_multiproc_dir or tempfile.mkdtemp(prefix="quiz-api-metrics-"))
+_own_metrics_dir = not _settings.prometheus_multiproc_dir
+_metrics_dir.mkdir(parents=True, exist_ok=True)
+for _stale in _metrics_dir.glob("*.db"):
+    _stale.unlink()
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
 
 if _settings.log_format == "json":
     # gunicorn's own lines (workers booting, timeouts) in the same JSON as the app's.
@@ -48,3 +64,15 @@ def _problem_error(sock: object, status_int: int, reason: str, mesg: str) -> Non
 
 # Workers are forked from the process that read this file, so they inherit the replacement.
 _gunicorn_util.write_error = _problem_error
+
+
+def child_exit(server: object, worker: object) -> None:
+    # A dead worker's counters stay (they are history); only its live gauges are dropped.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, str(_metrics_dir))  # type: ignore[attr-defined]
+
+
+def on_exit(server: object) -> None:
+    if _own_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -13,8 +13,10 @@ statement, and writes every job's outcome in one executemany.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +27,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
-from models import failpoints
+import logs
+from models import failpoints, metrics
 from models.db import make_autocommit_sessionmaker, make_engine, make_sessionmaker
 from models.live import Live, iso, utcnow
 from models.tables import Competition, Job
@@ -92,6 +95,22 @@ def _record(job: Job, done: list[dict[str, Any]], **values: Any) -> None:
     for name, value in values.items():
         set_committed_value(job, name, value)
     done.append({"id": job.id, **values})
+
+
+def _tally(batch: list[Job], run_seconds: dict[uuid.UUID, float], queue: str, *, batched: bool = True
+           ) -> metrics.Tally:
+    """What a committed batch (or a job given up on, not ``batched``) adds to the consumers' metrics."""
+    tally = metrics.Tally()
+    if batched:
+        tally.observe(metrics.BATCH_SIZE, (queue,), len(batch))
+    for job in batch:
+        outcome = job.status if job.status in FINISHED else "retried"
+        tally.inc(metrics.CONSUMER_JOBS, (queue, job.kind, outcome))
+        if job.id in run_seconds:
+            tally.observe(metrics.JOB_RUN, (job.kind,), run_seconds[job.id])
+        if outcome != "retried" and job.finished_at is not None:
+            tally.observe(metrics.JOB_VISIBLE, (job.kind,), (job.finished_at - job.created_at).total_seconds())
+    return tally
 
 
 def _apply(session: Session, job: Job, done: list[dict[str, Any]]) -> Announcement | None:
@@ -211,8 +230,13 @@ def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str) -> tupl
         batch.sort(key=lambda j: j.created_at)
         lock_teams(session, {j.team_id for j in batch if j.team_id is not None})
         done: list[dict[str, Any]] = []
+        run_seconds: dict[uuid.UUID, float] = {}
         for item in batch:
-            announcement = _apply(session, item, done)
+            started = time.perf_counter()
+            # Each job's log lines carry its own write's id, not that of the message that woke the batch.
+            with logs.request_id_scope(item.request_id) if item.request_id else contextlib.nullcontext():
+                announcement = _apply(session, item, done)
+            run_seconds[item.id] = time.perf_counter() - started
             if announcement is not None:
                 announcements.append(announcement)
             elif item.id == job_id:
@@ -224,6 +248,9 @@ def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str) -> tupl
     if announcements:
         ctx.publisher.announce_all(announcements, utcnow())
         _send_created_jobs(ctx, announcements)
+    if batch:
+        # After the announcements, so counting never delays an event.
+        _tally(batch, run_seconds, queue).flush(ctx.live.redis, ctx.settings.redis_prefix)
     if crashed:
         raise JobCrashed(f"job {job_id} crashed; retrying")
     return status, len(batch)
@@ -282,3 +309,4 @@ def fail_job(ctx: WorkerContext, job_id: uuid.UUID, code: str, message: str) -> 
         competition = session.get(Competition, job.competition_id)
         assert competition is not None
     ctx.publisher.announce_all([Announcement(competition, job, Outbox())], utcnow())
+    _tally([job], {}, job.queue, batched=False).flush(ctx.live.redis, ctx.settings.redis_prefix)

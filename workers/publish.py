@@ -75,6 +75,8 @@ class Outgoing:
 def _outgoing(a: Announcement, at: datetime) -> Outgoing:
     slug = a.competition.slug
     stamp = iso(at)
+    # Carried by the job's private events, so one grep follows a write from HTTP to Socket.IO.
+    request_id = a.job.request_id
     out = Outgoing()
     changes = [
         ScoreChange(team_name=c.name, points=c.points, delta=c.delta, reason=c.reason, rank=c.rank)
@@ -89,15 +91,16 @@ def _outgoing(a: Announcement, at: datetime) -> Outgoing:
                         claims=list(a.outbox.claimed), releases=list(a.outbox.released))
     for view, change in zip(changes, a.outbox.scores, strict=True):
         score = ScoreUpdate(competition=slug, at=stamp, team_name=view.team_name, points=view.points,
-                            delta=view.delta, reason=view.reason, rank=view.rank)
+                            delta=view.delta, reason=view.reason, rank=view.rank, request_id=request_id)
         out.private.append((score, team_room(change.team.token_hash)))
         out.private.append((score, organisers_room(slug)))
     for team in a.outbox.deadlines:
         remaining = max(0, int((team.deadline - at).total_seconds())) if team.deadline else None
         deadline = iso(team.deadline) if team.deadline else None
-        out.private.append((TimeUpdate(competition=slug, at=stamp, deadline=deadline, remaining_seconds=remaining),
-                            team_room(team.token_hash)))
-    out.private.append((JobUpdate(competition=slug, at=stamp, **job_fields(a.job)), team_room(a.job.owner_hash)))
+        out.private.append((TimeUpdate(competition=slug, at=stamp, deadline=deadline, remaining_seconds=remaining,
+                                       request_id=request_id), team_room(team.token_hash)))
+    out.private.append((JobUpdate(competition=slug, at=stamp, request_id=request_id, **job_fields(a.job)),
+                        team_room(a.job.owner_hash)))
     return out
 
 

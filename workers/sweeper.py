@@ -25,6 +25,7 @@ from sqlalchemy import delete, exists, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 import logs
+from models import metrics
 from models.db import make_engine, make_sessionmaker
 from models.live import Live, utcnow
 from models.ranking import all_standings
@@ -149,10 +150,21 @@ class Sweeper:
         emptied = self.redis_was_emptied()
         if emptied:
             log.warning("Redis lost its data: re-sending every unfinished job now")
-        self.resend_stale_jobs(everything=emptied)
-        self.release_expired()
-        self.purge_finished_jobs()
-        self.refresh_leaderboards()
+        tally = metrics.Tally()
+        try:
+            tally.inc(metrics.RESENT, by=self.resend_stale_jobs(everything=emptied))
+            tally.inc(metrics.RELEASES, by=self.release_expired())
+            tally.inc(metrics.PURGED, by=self.purge_finished_jobs())
+            self.refresh_leaderboards()
+        except Exception:
+            tally.inc(metrics.SWEEPS, ("error",))
+            raise
+        else:
+            tally.inc(metrics.SWEEPS, ("ok",))
+            tally.set(metrics.LAST_SWEEP, (), time.time())
+        finally:
+            # Kept in Redis and served by the API's /metrics, like the consumers' (models/metrics.py).
+            tally.flush(self.live.redis, self.settings.redis_prefix)
 
 
 def main() -> int:

@@ -59,7 +59,7 @@ def idempotency_key(req: falcon.Request) -> str | None:
     return key
 
 
-_JOB_COLUMNS = ("id", "kind", "queue", "team_id", "owner_hash", "payload", "idempotency_key")
+_JOB_COLUMNS = ("id", "kind", "queue", "team_id", "owner_hash", "payload", "idempotency_key", "request_id")
 
 
 def _insert_job(source: Any = None) -> Any:
@@ -157,6 +157,7 @@ def accept_job(
         "owner_hash": owner_hash,
         "payload": payload,
         "idempotency_key": key,
+        "request_id": getattr(req.context, "request_id", None),
     }
     # Listening starts before the INSERT: once the row is committed, a consumer draining the
     # queue may finish the job before this thread would otherwise get to subscribe.

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import falcon
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy import func, select, text
 
+from models import metrics as shared
 from models.tables import Job
 from web.auth import bearer, is_admin
 from web.deps import Deps
 from web.errors import Problem
 from web.media import write_json
+from web.metrics import request_registry
 from workers.routing import all_queues
 
 
@@ -43,7 +49,13 @@ class Readyz:
 
 
 class Metrics:
-    """Global gauges read at scrape time, so every API process reports the same truth."""
+    """Everything Prometheus needs from one scrape of any API process.
+
+    - the API's request series, summed over every gunicorn worker (``web/metrics.py``);
+    - global gauges read at scrape time (jobs by status, broker messages, waiting jobs and the age
+      of the oldest per queue), so every API process reports the same truth;
+    - the consumers' and the sweeper's series, which they keep in Redis (``models/metrics.py``).
+    """
 
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
@@ -58,17 +70,49 @@ class Metrics:
             raise Problem(falcon.HTTP_401, "unauthorized", "Authentication required",
                           "/metrics needs METRICS_TOKEN (or the organiser token) as a Bearer token",
                           headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
-        registry = CollectorRegistry()
-        jobs = Gauge("quiz_jobs", "Jobs by status", ["status"], registry=registry)
-        depth = Gauge("quiz_queue_depth", "Messages waiting per Celery queue", ["queue"], registry=registry)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collected(list(self._global()) + list(shared.collect(self.deps.redis,
+                                                                                settings.redis_prefix))))
+        resp.content_type = CONTENT_TYPE_LATEST
+        resp.data = generate_latest(request_registry(settings.prometheus_multiproc_dir)) + generate_latest(registry)
+
+    def _global(self) -> Iterator[Metric]:
+        # Families, not Gauge objects: in multiprocess mode a Gauge would write files of its own.
+        jobs = GaugeMetricFamily("quiz_jobs", "Jobs by status", labels=["status"])
+        queues = all_queues(self.deps.settings)
+        waiting = GaugeMetricFamily("quiz_queue_jobs_waiting", "Jobs recorded and not yet taken, per queue "
+                                    "(the real backlog: a busy queue gets few broker messages)", labels=["queue"])
+        oldest = GaugeMetricFamily("quiz_queue_oldest_job_age_seconds", "Age of the oldest job not yet taken, per "
+                                   "queue; 0 when none waits", labels=["queue"])
         with self.deps.sessions() as session:
             for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
-                jobs.labels(status).set(count)
+                jobs.add_metric([status], count)
+            rows = {queue: (count, age) for queue, count, age in session.execute(_WAITING)}
+        for queue in queues:
+            count, age = rows.get(queue, (0, 0.0))
+            waiting.add_metric([queue], count)
+            oldest.add_metric([queue], float(age or 0.0))
+        depth = GaugeMetricFamily("quiz_queue_depth", "Messages waiting per Celery queue in the broker",
+                                  labels=["queue"])
         pipe = self.deps.redis.pipeline(transaction=False)
-        queues = all_queues(self.deps.settings)
         for queue in queues:
             pipe.llen(queue)
         for queue, length in zip(queues, pipe.execute(), strict=True):
-            depth.labels(queue).set(length)
-        resp.content_type = CONTENT_TYPE_LATEST
-        resp.data = generate_latest(registry)
+            depth.add_metric([queue], length)
+        yield from (jobs, waiting, oldest, depth)
+
+
+# The partial index ix_jobs_queued_by_queue covers it: only queued jobs are read.
+_WAITING = (
+    select(Job.queue, func.count(), func.extract("epoch", func.clock_timestamp() - func.min(Job.created_at)))
+    .where(Job.status == "queued")
+    .group_by(Job.queue)
+)
+
+
+class _Collected(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
