@@ -108,3 +108,10 @@ def test_the_lru_forgets_the_least_recently_used() -> None:
     assert cache.get("b") == 1  # now the most recent
     cache.put("e", 4)
     assert "c" not in cache and "b" in cache
+
+
+def test_a_request_id_is_sent_when_there_is_one_and_left_out_otherwise() -> None:
+    _, data = events.to_wire(_score(seq=3, request_id="venue-0042"))
+    assert data["requestId"] == "venue-0042"
+    assert events.from_wire("score_update", data) == _score(seq=3, request_id="venue-0042")
+    assert "requestId" not in events.to_wire(_score(seq=3))[1]
