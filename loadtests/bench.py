@@ -52,6 +52,9 @@ class Scenario:
     # python-socketio's AsyncClient, or the minimal protocol client: at 2,000 clients and more the
     # former falls behind on this machine and measures itself (see README).
     client: str = "socketio"
+    # The realtime processes behind HAProxy (the balancer of `manage.py up --realtime N`): every
+    # spectator connects to the balancer, which spreads them over the processes.
+    balanced: bool = False
 
     @property
     def fixture(self) -> str:
@@ -66,8 +69,8 @@ FULL = [
     Scenario("claim_race", "claim race", "claim_race.py", 200, 20),
     Scenario("fanout", "fan-out: 2,000 clients, 1 realtime process", "fanout.py", 150, 60,
              spectators=(2000,), organisers=10, client="raw"),
-    Scenario("fanout10k", "fan-out: 10,000 clients, 2 realtime processes", "fanout.py", 150, 60,
-             spectators=(5000, 5000), organisers=10, connect_rate=250.0, client="raw"),
+    Scenario("fanout10k", "fan-out: 10,000 clients, 2 realtime processes behind HAProxy", "fanout.py", 150, 60,
+             spectators=(5000, 5000), organisers=10, connect_rate=250.0, client="raw", balanced=True),
 ]
 SMOKE = [
     Scenario("registration", "registration storm", "registration.py", 5, 10),
@@ -77,15 +80,16 @@ SMOKE = [
     Scenario("claim_race", "claim race", "claim_race.py", 20, 10),
     Scenario("fanout", "fan-out, 1 realtime process", "fanout.py", 10, 10, spectators=(50,), organisers=2,
              client="raw"),
-    Scenario("fanout10k", "fan-out, 2 realtime processes", "fanout.py", 10, 10, spectators=(25, 25),
-             organisers=2, client="raw"),
+    Scenario("fanout10k", "fan-out, 2 realtime processes behind HAProxy", "fanout.py", 10, 10,
+             spectators=(25, 25), organisers=2, client="raw", balanced=True),
 ]
 
 
 def _spectator_argv(stack: Stack, sc: Scenario, fixture: Fixture, index: int, clients: int, raw: Path) -> list[str]:
     connect_time = clients / sc.connect_rate
     return [
-        sys.executable, "-m", "loadtests.spectators", "--url", stack.realtime(index), "--api", stack.api,
+        sys.executable, "-m", "loadtests.spectators", "--url", stack.balancer if sc.balanced else stack.realtime(index),
+        "--api", stack.api,
         "--slug", fixture.slug, "--clients", str(clients), "--client", sc.client,
         "--organisers", str(sc.organisers if index == 0 else 0),
         "--rate", str(sc.connect_rate), "--duration", str(int(connect_time + sc.seconds + 240)), "--settle-max", "30",
@@ -164,6 +168,10 @@ class Bench:
         try:
             for index in range(1, len(sc.spectators)):
                 proc = stack.start_realtime(index)
+                extra.append(proc)
+                self.sampler.add(proc.group, proc.popen.pid)
+            if sc.balanced:
+                proc = stack.start_balancer(len(sc.spectators))
                 extra.append(proc)
                 self.sampler.add(proc.group, proc.popen.pid)
             if extra:

@@ -164,6 +164,8 @@ class Stack:
         api_port = free_port(int(base_env.get("BENCH_API_PORT", "18000")))
         rt_ports = [free_port(api_port + 1)]
         rt_ports.append(free_port(rt_ports[0] + 1))
+        # The balancer's port, for the scenarios that put the realtime processes behind HAProxy.
+        rt_ports.append(free_port(rt_ports[1] + 1))
         env = {k: v for k, v in base_env.items()
                if not k.startswith("QUIZ_") and k not in ("ADMIN_TOKEN", "APP_DATABASE_URL")}
         env.update({
@@ -227,11 +229,11 @@ class Stack:
 
         upgrade(self.settings())
 
-    def command(self, kind: str, queue: str | None = None, *extra: str) -> list[str]:
+    def command(self, kind: str, queue: str | None = None, *extra: str, processes_n: int = 1) -> list[str]:
         """A command line from the one table of process kinds, run from this venv."""
         import processes
 
-        settings = self.settings()
+        settings = self.settings().with_overrides(realtime_processes=processes_n)
         if queue is not None:
             process = processes.consumer(settings, queue)
         else:
@@ -251,6 +253,33 @@ class Stack:
         env = dict(self.env, REALTIME_PORT=str(self.realtime_ports[index]))
         name = "realtime" if index == 0 else f"realtime-{index + 1}"
         return self.spawn(name, name, self.command("realtime"), env)
+
+    @property
+    def balancer(self) -> str:
+        return f"http://{LOOPBACK}:{self.realtime_ports[-1]}"
+
+    def start_balancer(self, count: int) -> Proc:
+        """HAProxy (the stack's balancer kind) in front of realtime processes 0 .. count - 1."""
+        backends = ",".join(f"{LOOPBACK}:{port}" for port in self.realtime_ports[:count])
+        env = dict(self.env, REALTIME_PORT=str(self.realtime_ports[-1]), REALTIME_PROCESSES=str(count),
+                   REALTIME_BACKENDS=backends)
+        proc = self.spawn("balancer", "balancer", self.command("balancer", processes_n=count), env)
+        deadline = time.monotonic() + 60
+        for i in range(count):
+            # HAProxy answers a cookie naming a process it does not count as up yet from another one,
+            # which sets its own cookie: wait until each process is in, so clients spread over all.
+            while True:
+                self.check_alive()
+                try:
+                    resp = requests.get(self.balancer + "/healthz", cookies={"QUIZRT": f"r{i}"}, timeout=2)
+                    if resp.ok and resp.cookies.get("QUIZRT") in (None, f"r{i}"):
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"HAProxy did not count realtime process {i} as up in 60 s")
+                time.sleep(0.3)
+        return proc
 
     def stop_proc(self, proc: Proc, timeout: float = 10.0) -> None:
         if proc.popen.poll() is None:
@@ -282,6 +311,8 @@ class Stack:
         urls = [self.api + "/readyz"] + [self.realtime(i) + "/healthz" for i, _ in enumerate(self.realtime_ports)
                                          if any(p.name == ("realtime" if i == 0 else f"realtime-{i + 1}")
                                                 for p in self.procs)]
+        if any(p.name == "balancer" for p in self.procs):
+            urls.append(self.balancer + "/healthz")
         for url in urls:
             while True:
                 self.check_alive()
