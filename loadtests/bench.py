@@ -59,6 +59,7 @@ class Scenario:
 
 
 FULL = [
+    Scenario("register_claim", "register and claim, waiting", "register_claim.py", 100, 30),
     Scenario("registration", "registration storm", "registration.py", 100, 30),
     Scenario("organiser", "organiser operations", "organiser.py", 60, 60),
     Scenario("competition", "full competition + 500 spectators", "competition.py", 150, 90,
@@ -70,6 +71,7 @@ FULL = [
              spectators=(5000, 5000), organisers=10, connect_rate=250.0, client="raw"),
 ]
 SMOKE = [
+    Scenario("register_claim", "register and claim, waiting", "register_claim.py", 5, 10),
     Scenario("registration", "registration storm", "registration.py", 5, 10),
     Scenario("organiser", "organiser operations", "organiser.py", 5, 10),
     Scenario("competition", "full competition + spectators", "competition.py", 10, 10, spectators=(20,),
@@ -317,8 +319,9 @@ class Bench:
         data = json.loads(samples_file.read_text()) if samples_file.exists() else {"samples": [], "accepted": [],
                                                                                       "outcomes": {}}
         samples = data["samples"]
-        http = [s for s in samples if s[1] != "job"]
+        http = [s for s in samples if s[1] not in ("job", "team")]
         jobs = [s for s in samples if s[1] == "job"]
+        teams = [s for s in samples if s[1] == "team"]
         if http:
             window_start = min(s[0] - s[3] / 1000 for s in http)
             window_end = max(s[0] for s in http)
@@ -346,6 +349,10 @@ class Bench:
             "requests_per_s": len(http) / window,
             "http_failures": sum(1 for s in http if not s[4]),
             "job_failures": sum(1 for s in jobs if not s[4]),
+            # Writes only: polls and reads are how a client follows its writes, not work done.
+            "own_requests_per_s": sum(1 for s in http if s[1] != "poll") / window,
+            "writes": sum(1 for s in http if s[1] in ("accept", "wait")),
+            "writes_per_s": sum(1 for s in http if s[1] in ("accept", "wait") and s[4]) / window,
             "accept": lat([s for s in http if s[1] == "accept" and s[4]]),
             "wait": lat([s for s in http if s[1] == "wait" and s[4]]),
             "job": lat([s for s in jobs if s[4]]),
@@ -356,6 +363,13 @@ class Bench:
             "outcomes": data.get("outcomes", {}),
             "accepted_by_clients": len(data.get("accepted", [])),
             "locust_failures": self._locust_failures(sc.name),
+            "team_round_trips": {
+                "count": len(teams), "succeeded": sum(1 for t in teams if t[4]),
+                "failures": sum(1 for t in teams if not t[4]),
+                "per_s": sum(1 for t in teams if t[4]) / window,
+                **report.percentiles([t[3] for t in teams if t[4]]),
+                "max": max((t[3] for t in teams), default=None),
+            } if teams else None,
             "cpu": self.sampler.usage(started, ended),
         }
         result.update(self._db_checks(sc, fixture, data.get("accepted", []), window_start, window_end))
