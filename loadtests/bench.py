@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, text
 
 from loadtests import report
 from loadtests.fixtures import SIZES, Fixture, prepare
-from loadtests.stack import BIN, REPO, CpuSampler, Proc, Services, Stack, tail
+from loadtests.stack import BIN, REPO, STACK_KINDS, CpuSampler, Proc, Services, Stack, stack_kind, tail
 
 log = logging.getLogger("bench")
 
@@ -373,9 +373,20 @@ class Bench:
             "cpu": self.sampler.usage(started, ended),
         }
         result.update(self._db_checks(sc, fixture, data.get("accepted", []), window_start, window_end))
+        result["cpu_per_job"] = self._cpu_per_job(fixture.slug, started, ended)
         result["invariants"] = self._invariants(fixture.slug)
         result["spectators"] = self._spectators(sc)
         return result
+
+    def _cpu_per_job(self, slug: str, started: float, ended: float) -> dict[str, Any]:
+        """CPU milliseconds per job finished, by process kind of the stack, over the load window."""
+        t0, t1, seconds = self.sampler.cpu_seconds(started, ended)
+        with self.engine.connect() as conn:
+            jobs = conn.execute(text(
+                "SELECT count(*) FROM jobs j JOIN competitions c ON c.id = j.competition_id WHERE c.slug = :s "
+                "AND j.finished_at BETWEEN :a AND :b"),
+                {"s": slug, "a": datetime.fromtimestamp(t0, UTC), "b": datetime.fromtimestamp(t1, UTC)}).scalar_one()
+        return cpu_per_unit(seconds, jobs, t1 - t0)
 
     def _invariants(self, slug: str) -> dict[str, Any]:
         """``manage.py check`` on the scenario's competition, as an organiser would run it."""
@@ -517,6 +528,19 @@ class Bench:
             "loop_lag_max": max((s["loop_lag_ms"]["max"] or 0 for s in ok), default=None),
             "final_leaderboard_top": (ok[0]["final_leaderboard"] or [])[:3] if ok else None,
         }
+
+
+def cpu_per_unit(seconds: dict[str, float], units: int, span: float) -> dict[str, Any]:
+    """CPU ms per unit of work (a finished job, a reference write) by stack kind and in total."""
+    by_kind = dict.fromkeys(STACK_KINDS, 0.0)
+    for group, used in seconds.items():
+        kind = stack_kind(group)
+        if kind is not None:
+            by_kind[kind] += used
+    per = {k: (1000.0 * v / units if units else None) for k, v in by_kind.items()}
+    total = sum(by_kind.values())
+    return {"units": units, "seconds": round(span, 1), **per, "total": 1000.0 * total / units if units else None,
+            "load_generator": 1000.0 * seconds.get("locust", 0.0) / units if units else None}
 
 
 def wait_for_quiet(limit: float, threshold: float = 25.0, samples: int = 3) -> None:

@@ -142,6 +142,10 @@ def _label(name: str) -> str:
     return rest if rest.startswith(first + " ") else name
 
 
+def _cpu_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**missed**")
 
@@ -410,6 +414,23 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
                     f"{sp.get('on_final_standings', 0):,} on the final standings")
             ratio = "-"
         add(f"| {r['title']} | {old['here']} | {old['published']} | {ours} | {ratio} |")
+    add("")
+
+    add("## CPU per job")
+    add("")
+    add("CPU milliseconds per job finished during the load window, by process kind of the stack; *total* is "
+        "their sum, without the load generator (Locust's own share is beside it). Redis is one server shared "
+        "with other work on this machine.")
+    add("")
+    kinds = ("api", "consumers", "sweeper", "realtime", "postgres", "redis")
+    add("| scenario | jobs | " + " | ".join(kinds) + " | total | Locust |")
+    add("|---|---|" + "---|" * len(kinds) + "---|---|")
+    for r in results:
+        c = r.get("cpu_per_job")
+        if "error" in r or not c:
+            continue
+        add(f"| {r['title']} | {c['units']:,} | " + " | ".join(_cpu_ms(c.get(k)) for k in kinds)
+            + f" | **{_cpu_ms(c.get('total'))}** | {_cpu_ms(c.get('load_generator'))} |")
     add("")
 
     add("## Targets (issues 5 and 13)")

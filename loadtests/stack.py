@@ -315,6 +315,23 @@ def tail(path: Path, lines: int = 30) -> str:
         return ""
 
 
+# The stack's process kinds, as CPU per job reports them; the load generator is none of them.
+STACK_KINDS = ("api", "consumers", "sweeper", "realtime", "postgres", "redis")
+
+
+def stack_kind(group: str) -> str | None:
+    """The process kind a sampler group belongs to, or None for the load generator and the rest."""
+    if group in ("api", "reference"):
+        return "api"
+    if group.startswith("worker "):
+        return "consumers"
+    if group.startswith("realtime"):
+        return "realtime"
+    if group in ("sweeper", "postgres", "redis"):
+        return group
+    return None
+
+
 class CpuSampler:
     """CPU seconds of each process group, sampled once a second (children included)."""
 
@@ -403,6 +420,15 @@ class CpuSampler:
         idle = (after.idle + after.iowait) - (before.idle + before.iowait)
         total = sum(after) - sum(before)
         return 100.0 * (os.cpu_count() or 1) * (1 - idle / total) if total else 0.0
+
+    def cpu_seconds(self, start: float, end: float) -> tuple[float, float, dict[str, float]]:
+        """CPU seconds each group used between the first and last samples inside ``start``..``end``:
+        (first sample's time, last sample's time, seconds by group)."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return start, end, {}
+        (t0, a, _), (t1, b, _) = inside[0], inside[-1]
+        return t0, t1, {g: b[g] - a.get(g, 0.0) for g in b if g in a or b[g] > 0}
 
     def usage(self, start: float, end: float) -> dict[str, float]:
         """Average CPU of each group between two wall times, in % of one core."""
