@@ -15,9 +15,11 @@ import csv
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -26,11 +28,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import requests
 from sqlalchemy import create_engine, text
 
 from loadtests import report
 from loadtests.fixtures import SIZES, Fixture, prepare
-from loadtests.stack import BIN, REPO, STACK_KINDS, CpuSampler, Proc, Services, Stack, stack_kind, tail
+from loadtests.stack import (
+    BIN,
+    REPO,
+    STACK_KINDS,
+    CpuSampler,
+    Proc,
+    Services,
+    Stack,
+    free_port,
+    stack_kind,
+    tail,
+)
 
 log = logging.getLogger("bench")
 
@@ -58,7 +72,11 @@ class Scenario:
         return self.name
 
 
+# Reported with the median and range of --repeat runs, and as a share of the reference.
+HEADLINES = ("reference", "register_claim", "registration", "competition")
+
 FULL = [
+    Scenario("reference", "same-run reference: one row + one Redis message", "reference.py", 100, 30),
     Scenario("register_claim", "register and claim, waiting", "register_claim.py", 100, 30),
     Scenario("registration", "registration storm", "registration.py", 100, 30),
     Scenario("organiser", "organiser operations", "organiser.py", 60, 60),
@@ -71,6 +89,7 @@ FULL = [
              spectators=(5000, 5000), organisers=10, connect_rate=250.0, client="raw"),
 ]
 SMOKE = [
+    Scenario("reference", "same-run reference: one row + one Redis message", "reference.py", 5, 10),
     Scenario("register_claim", "register and claim, waiting", "register_claim.py", 5, 10),
     Scenario("registration", "registration storm", "registration.py", 5, 10),
     Scenario("organiser", "organiser operations", "organiser.py", 5, 10),
@@ -84,22 +103,27 @@ SMOKE = [
 ]
 
 
-def _spectator_argv(stack: Stack, sc: Scenario, fixture: Fixture, index: int, clients: int, raw: Path) -> list[str]:
+def _spectator_argv(stack: Stack, sc: Scenario, fixture: Fixture, index: int, clients: int, raw: Path,
+                    key: str) -> list[str]:
     connect_time = clients / sc.connect_rate
     return [
         sys.executable, "-m", "loadtests.spectators", "--url", stack.realtime(index), "--api", stack.api,
         "--slug", fixture.slug, "--clients", str(clients), "--client", sc.client,
         "--organisers", str(sc.organisers if index == 0 else 0),
         "--rate", str(sc.connect_rate), "--duration", str(int(connect_time + sc.seconds + 240)), "--settle-max", "30",
-        "--ready-file", str(raw / f"{sc.name}-spectators-{index}.ready"),
-        "--out", str(raw / f"{sc.name}-spectators-{index}.json"),
+        "--ready-file", str(raw / f"{key}-spectators-{index}.ready"),
+        "--out", str(raw / f"{key}-spectators-{index}.json"),
     ]
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, out: Path) -> None:
+    """One stack (of this tree, or of another commit's worktree with ``--compare``) and its runs."""
+
+    def __init__(self, args: argparse.Namespace, out: Path, tree: Path = REPO, label: str = "head") -> None:
         self.args = args
         self.out = out
+        self.tree = tree
+        self.label = label
         self.raw = out / "raw"
         self.raw.mkdir(parents=True, exist_ok=True)
         self.profile_dir = out / "profiles"
@@ -112,15 +136,16 @@ class Bench:
 
     # -- the stack ---------------------------------------------------------------------
 
-    def start(self, tag: str) -> Stack:
-        self.services = Services.create(os.environ, tag.replace("-", "_"))
+    def start(self, tag: str, taken: tuple[int, ...] = ()) -> Stack:
+        self.services = Services.create(os.environ, tag.replace("-", "_"), taken)
         log.info("database %s, Redis DB %d", self.services.database, self.services.redis_db)
         self.sampler = CpuSampler(self.services.database)
         self.busy_before = self.sampler.busy()
         if self.busy_before > 30:
             log.warning("the machine is already %.0f%% busy (of one core) before the benchmark starts; "
                         "the figures will be lower than on a quiet machine", self.busy_before)
-        stack = self.stack = Stack.prepare(self.services, self.out / "logs", os.environ, self.args.rate_limits)
+        logs = self.out / "logs" if self.label == "head" else self.out / "logs" / self.label
+        stack = self.stack = Stack.prepare(self.services, logs, os.environ, self.args.rate_limits, self.tree)
         stack.migrate()
         stack.start()
         for proc in stack.procs:
@@ -136,7 +161,7 @@ class Bench:
                     "SELECT count(*) FROM pg_stat_activity WHERE datname IS DISTINCT FROM current_database() "
                     "AND backend_type = 'client backend'")).scalar_one(),
             }
-        log.info("stack ready: API %s, realtime %s", stack.api, stack.realtime(0))
+        log.info("stack of %s (%s) ready: API %s, realtime %s", self.label, self.tree, stack.api, stack.realtime(0))
         return stack
 
     def stop(self) -> None:
@@ -151,14 +176,17 @@ class Bench:
 
     # -- one scenario ------------------------------------------------------------------
 
-    def run(self, sc: Scenario) -> dict[str, Any]:
+    def run(self, sc: Scenario, key: str) -> dict[str, Any]:
+        """One run of a scenario; ``key`` names its files (the scenario, the side, the repeat)."""
         stack = self.stack
         assert stack is not None
-        log.info("== %s: %d users for %d s%s", sc.name, sc.users, sc.seconds,
+        log.info("== %s: %d users for %d s%s", key, sc.users, sc.seconds,
                  f", {sum(sc.spectators)} spectators" if sc.spectators else "")
+        if sc.name == "reference":
+            return self.run_reference(sc, key)
         began = time.monotonic()
         fixture = prepare(sc.fixture, stack.api, stack.env["ADMIN_TOKEN"], "smoke" if self.args.smoke else "full")
-        fixture_path = self.raw / f"{sc.name}-fixture.json"
+        fixture_path = self.raw / f"{key}-fixture.json"
         fixture.save(fixture_path)
         setup_seconds = time.monotonic() - began
         extra: list[Proc] = []
@@ -171,13 +199,13 @@ class Bench:
             if extra:
                 stack.wait_ready()
             for index, clients in enumerate(sc.spectators):
-                (self.raw / f"{sc.name}-spectators-{index}.ready").unlink(missing_ok=True)
-                proc = stack.spawn(f"{sc.name}-spectators-{index}", "spectators",
-                                   _spectator_argv(stack, sc, fixture, index, clients, self.raw))
+                (self.raw / f"{key}-spectators-{index}.ready").unlink(missing_ok=True)
+                proc = stack.spawn(f"{key}-spectators-{index}", "spectators",
+                                   _spectator_argv(stack, sc, fixture, index, clients, self.raw, key))
                 spectators.append(proc)
                 self.sampler.add("spectators", proc.popen.pid)
-            self._wait_spectators(sc, spectators)
-            started, ended, code = self._locust(sc, fixture_path)
+            self._wait_spectators(sc, spectators, key)
+            started, ended, code = self._locust(sc, fixture_path, key)
             drained = self._drain(fixture.slug)
             for proc in spectators:
                 if proc.popen.poll() is None:
@@ -191,13 +219,13 @@ class Bench:
         finally:
             for proc in spectators + extra:
                 stack.stop_proc(proc)
-        result = self.measure(sc, fixture, started, ended, drained)
+        result = self.measure(sc, fixture, started, ended, drained, key)
         result.update(setup_seconds=round(setup_seconds, 1), locust_exit=code,
                       total_seconds=round(time.monotonic() - began, 1))
-        (self.raw / f"{sc.name}-result.json").write_text(json.dumps(result, indent=1, default=str))
+        (self.raw / f"{key}-result.json").write_text(json.dumps(result, indent=1, default=str))
         return result
 
-    def run_guarded(self, sc: Scenario) -> dict[str, Any]:
+    def run_guarded(self, sc: Scenario, key: str) -> dict[str, Any]:
         """Run a scenario; if a stack process died meanwhile (killed from outside), run it once more."""
         stack = self.stack
         assert stack is not None
@@ -207,11 +235,13 @@ class Bench:
             for proc in stack.revive():
                 self.sampler.add(proc.group, proc.popen.pid)
             try:
-                result = self.run(sc)
+                result = self.run(sc, key)
             except Exception as exc:  # one scenario's crash must not lose the others' results
-                log.exception("scenario %s failed", sc.name)
+                log.exception("scenario %s failed", key)
                 result = {"name": sc.name, "title": sc.title, "users": sc.users, "seconds": sc.seconds,
                           "error": f"{type(exc).__name__}: {exc}"[:2000]}
+            result.update(key=key, side=self.label)
+            report.compress_samples(self.raw, key)
             died = [f"{p.name} (exit {p.popen.returncode})" for p in stack.dead()]
             if not died:
                 break
@@ -221,12 +251,64 @@ class Bench:
             result["deaths"] = deaths
         return result
 
-    def _wait_spectators(self, sc: Scenario, procs: list[Proc]) -> None:
+    def run_reference(self, sc: Scenario, key: str) -> dict[str, Any]:
+        """The same-run reference: the minimal write endpoint under the API's gunicorn configuration,
+        on this stack's database and Redis, driven by the same Locust, while the stack idles."""
+        from loadtests.reference_app import CREATE
+
+        stack = self.stack
+        assert stack is not None and self.engine is not None
+        began = time.monotonic()
+        with self.engine.begin() as conn:
+            conn.execute(text(CREATE))
+        port = free_port(stack.realtime_ports[-1] + 1)
+        env = dict(stack.env, API_PORT=str(port), PYTHONPATH=str(REPO))
+        proc = stack.spawn(f"{key}-app", "reference",
+                           [str(BIN / "gunicorn"), "-c", "web/gunicorn_conf.py", "loadtests.reference_app:app"], env)
+        self.sampler.add("reference", proc.popen.pid)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                stack.check_alive()
+                try:
+                    if requests.get(url + "/healthz", timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the reference app did not start:\n{tail(proc.log_path)}")
+                time.sleep(0.3)
+            setup_seconds = time.monotonic() - began
+            started, ended, code = self._locust(sc, None, key, host=url)
+        finally:
+            stack.stop_proc(proc)
+        result = self.measure(sc, None, started, ended, 0.0, key)
+        t0, t1, seconds = self.sampler.cpu_seconds(started, ended)
+        samples = report.load_samples(self.raw, key)["samples"]
+        writes = sum(1 for s in samples if s[1] == "accept" and s[4] and t0 <= s[0] <= t1)
+        # Only what a write costs: the reference's gunicorn, our PostgreSQL backends, Redis.
+        result["cpu_per_job"] = cpu_per_unit({g: seconds.get(g, 0.0) for g in ("reference", "postgres", "redis")},
+                                             writes, t1 - t0)
+        result.update(setup_seconds=round(setup_seconds, 1), locust_exit=code,
+                      total_seconds=round(time.monotonic() - began, 1), jobs_per_s=result["writes_per_s"])
+        (self.raw / f"{key}-result.json").write_text(json.dumps(result, indent=1, default=str))
+        return result
+
+    def idle(self) -> None:
+        """Let this stack's API drop its pooled PostgreSQL connections while the other stack is
+        measured (two stacks' pools can exceed a shared server's max_connections): gunicorn's HUP
+        replaces its workers with fresh ones, which connect again on their first request."""
+        for proc in self.stack.procs if self.stack else []:
+            if proc.group == "api" and proc.popen.poll() is None:
+                os.kill(proc.popen.pid, signal.SIGHUP)
+
+    def _wait_spectators(self, sc: Scenario, procs: list[Proc], key: str) -> None:
         if not procs:
             return
         deadline = time.monotonic() + max(sc.spectators) / sc.connect_rate + 90
         for index, proc in enumerate(procs):
-            ready = self.raw / f"{sc.name}-spectators-{index}.ready"
+            ready = self.raw / f"{key}-spectators-{index}.ready"
             while not ready.exists():
                 if proc.popen.poll() is not None:
                     raise RuntimeError(f"{proc.name} exited early:\n{tail(proc.log_path)}")
@@ -240,20 +322,23 @@ class Bench:
             else:
                 log.info("%s: %s", proc.name, ready.read_text())
 
-    def _locust(self, sc: Scenario, fixture_path: Path) -> tuple[float, float, int]:
+    def _locust(self, sc: Scenario, fixture_path: Path | None, key: str, host: str | None = None
+                ) -> tuple[float, float, int]:
         stack = self.stack
         assert stack is not None
-        env = dict(stack.env, QUIZ_FIXTURE=str(fixture_path), QUIZ_SAMPLES=str(self.raw / f"{sc.name}-samples.json"))
+        env = dict(stack.env, QUIZ_SAMPLES=str(self.raw / f"{key}-samples.json"))
+        if fixture_path is not None:
+            env["QUIZ_FIXTURE"] = str(fixture_path)
         argv = [
             str(BIN / "locust"), "-f", str(REPO / "loadtests" / sc.locustfile), "--headless",
             "-u", str(sc.users), "-r", str(sc.users), "-t", f"{sc.seconds}s", "--stop-timeout", "10",
-            "--host", stack.api, "--csv", str(self.out / sc.name), "--csv-full-history",
-            "--html", str(self.out / f"{sc.name}.html"), "--loglevel", "WARNING", "--only-summary",
+            "--host", host or stack.api, "--csv", str(self.out / key), "--csv-full-history",
+            "--html", str(self.out / f"{key}.html"), "--loglevel", "WARNING", "--only-summary",
         ]
         started = time.time()
-        proc = stack.spawn(f"{sc.name}-locust", "locust", argv, env)
+        proc = stack.spawn(f"{key}-locust", "locust", argv, env)
         self.sampler.add("locust", proc.popen.pid)
-        profilers = self._profile(sc) if self.args.profile else []
+        profilers = self._profile(sc, key) if self.args.profile and host is None else []
         try:
             code = proc.popen.wait(sc.seconds + 120)
         except subprocess.TimeoutExpired:
@@ -265,7 +350,7 @@ class Bench:
             timer.join(60)
         return started, ended, code
 
-    def _profile(self, sc: Scenario) -> list[threading.Thread]:
+    def _profile(self, sc: Scenario, key: str) -> list[threading.Thread]:
         """py-spy on the API workers, the queue workers and the realtime server, mid-scenario."""
         stack = self.stack
         assert stack is not None
@@ -285,7 +370,7 @@ class Bench:
             time.sleep(5)
             spies = [
                 subprocess.Popen([str(BIN / "py-spy"), "record", "--nonblocking", "--rate", "50", "-d", str(seconds),
-                                  "--format", "raw", "-o", str(self.profile_dir / f"{sc.name}-{name}.txt"),
+                                  "--format", "raw", "-o", str(self.profile_dir / f"{key}-{name}.txt"),
                                   "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 for name, pid in targets
             ]
@@ -314,10 +399,9 @@ class Bench:
 
     # -- measuring ---------------------------------------------------------------------
 
-    def measure(self, sc: Scenario, fixture: Fixture, started: float, ended: float, drained: float) -> dict[str, Any]:
-        samples_file = self.raw / f"{sc.name}-samples.json"
-        data = json.loads(samples_file.read_text()) if samples_file.exists() else {"samples": [], "accepted": [],
-                                                                                      "outcomes": {}}
+    def measure(self, sc: Scenario, fixture: Fixture | None, started: float, ended: float, drained: float,
+                key: str) -> dict[str, Any]:
+        data = report.load_samples(self.raw, key)
         samples = data["samples"]
         http = [s for s in samples if s[1] not in ("job", "team")]
         jobs = [s for s in samples if s[1] == "job"]
@@ -340,7 +424,7 @@ class Bench:
             "title": sc.title,
             "users": sc.users,
             "seconds": sc.seconds,
-            "slug": fixture.slug,
+            "slug": fixture.slug if fixture else None,
             "started": started,
             "ended": ended,
             "window": [window_start, window_end],
@@ -362,7 +446,7 @@ class Bench:
                         for k, v in sorted(by_name.items())},
             "outcomes": data.get("outcomes", {}),
             "accepted_by_clients": len(data.get("accepted", [])),
-            "locust_failures": self._locust_failures(sc.name),
+            "locust_failures": self._locust_failures(key),
             "team_round_trips": {
                 "count": len(teams), "succeeded": sum(1 for t in teams if t[4]),
                 "failures": sum(1 for t in teams if not t[4]),
@@ -372,10 +456,12 @@ class Bench:
             } if teams else None,
             "cpu": self.sampler.usage(started, ended),
         }
+        if fixture is None:
+            return result
         result.update(self._db_checks(sc, fixture, data.get("accepted", []), window_start, window_end))
         result["cpu_per_job"] = self._cpu_per_job(fixture.slug, started, ended)
         result["invariants"] = self._invariants(fixture.slug)
-        result["spectators"] = self._spectators(sc)
+        result["spectators"] = self._spectators(sc, key)
         return result
 
     def _cpu_per_job(self, slug: str, started: float, ended: float) -> dict[str, Any]:
@@ -388,11 +474,14 @@ class Bench:
                 {"s": slug, "a": datetime.fromtimestamp(t0, UTC), "b": datetime.fromtimestamp(t1, UTC)}).scalar_one()
         return cpu_per_unit(seconds, jobs, t1 - t0)
 
-    def _invariants(self, slug: str) -> dict[str, Any]:
-        """``manage.py check`` on the scenario's competition, as an organiser would run it."""
+    def _invariants(self, slug: str) -> dict[str, Any] | None:
+        """``manage.py check`` on the scenario's competition, as an organiser would run it (with the
+        stack's own tree; None when that tree has no such check)."""
         stack = self.stack
         assert stack is not None
-        done = subprocess.run([sys.executable, "-m", "models.check", slug], cwd=REPO, env=stack.env,
+        if not (stack.tree / "models" / "check.py").exists():
+            return None
+        done = subprocess.run([sys.executable, "-m", "models.check", slug], cwd=stack.tree, env=stack.env,
                               capture_output=True, text=True, timeout=120, check=False)
         problems = [line for line in done.stdout.splitlines() if line.startswith(f"{slug}: ")]
         return {"ok": done.returncode == 0, "problems": problems or ([done.stderr[-2000:]] if done.returncode else [])}
@@ -479,13 +568,13 @@ class Bench:
             out["expected_winners"] = min(fixture.board, len(fixture.teams))
         return out
 
-    def _spectators(self, sc: Scenario) -> dict[str, Any] | None:
+    def _spectators(self, sc: Scenario, key: str) -> dict[str, Any] | None:
         if not sc.spectators:
             return None
         summaries = []
         latency, events, arrival = [], [], []
         for index in range(len(sc.spectators)):
-            path = self.raw / f"{sc.name}-spectators-{index}.json"
+            path = self.raw / f"{key}-spectators-{index}.json"
             if not path.exists():
                 summaries.append(None)
                 continue
@@ -503,7 +592,7 @@ class Bench:
 
         by_event = {name: {"count": int((ev == i).sum()), **report.percentiles(lat[ev == i])}
                     for i, name in enumerate(EVENTS) if (ev == i).any()}
-        np.savez_compressed(self.raw / f"{sc.name}-events.npz", latency=lat,
+        np.savez_compressed(self.raw / f"{key}-events.npz", latency=lat,
                             arrival=np.concatenate(arrival) if arrival else np.zeros(0), event=ev)
         return {
             "client": "python-socketio AsyncClient" if sc.client == "socketio" else "minimal protocol client",
@@ -559,6 +648,48 @@ def wait_for_quiet(limit: float, threshold: float = 25.0, samples: int = 3) -> N
     log.warning("the machine did not become quiet in %.0f s; running anyway", limit)
 
 
+def add_worktree(rev: str) -> tuple[Path, str, str]:
+    """A detached worktree of ``rev`` in a temporary folder, sharing this tree's venv: (path, short
+    name, full commit)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, check=True, capture_output=True, text=True).stdout.strip()
+
+    sha = git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    short = git("rev-parse", "--short", sha)
+    tree = Path(tempfile.mkdtemp(prefix="quiz-bench-compare-")) / short
+    git("worktree", "add", "--detach", str(tree), sha)
+    (tree / ".venv").symlink_to(os.path.realpath(REPO / ".venv"))
+    log.info("worktree of %s (%s) at %s", rev, short, tree)
+    return tree, short, sha
+
+
+def remove_worktree(tree: Path) -> None:
+    done = subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True,
+                          text=True, check=False)
+    if done.returncode:
+        log.warning("git worktree remove %s: %s", tree, done.stderr.strip())
+    shutil.rmtree(tree.parent, ignore_errors=True)
+    subprocess.run(["git", "worktree", "prune"], cwd=REPO, capture_output=True, check=False)
+
+
+def repeats_for(sc: Scenario, args: argparse.Namespace) -> int:
+    if args.repeat:
+        return args.repeat
+    return 3 if sc.name in HEADLINES and not args.smoke else 1
+
+
+def run_label(sc: Scenario, bench: Bench, repeat: int, repeats: int, compare: bool) -> tuple[str, str]:
+    """The file stem and the report title of one run."""
+    key, title = sc.name, sc.title
+    if compare:
+        key += f"-{bench.label}"
+        title += f" [{bench.label}]"
+    if repeats > 1:
+        key += f"-{repeat}"
+        title += f" #{repeat}"
+    return key, title
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="each scenario for ~10 s with few users (CI)")
@@ -566,16 +697,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only this scenario (repeatable): " + ", ".join(s.name for s in FULL))
     parser.add_argument("--skip", action="append", default=[], choices=[s.name for s in FULL], metavar="NAME",
                         help="leave this scenario out (repeatable)")
+    parser.add_argument("--repeat", type=int, metavar="N",
+                        help="run each scenario N times and report the median and the range (default: 3 for "
+                             f"the headline scenarios {', '.join(HEADLINES)} and 1 for the rest; 1 with --smoke)")
+    parser.add_argument("--compare", metavar="REV",
+                        help="also run commit REV (a git worktree of it, in a temporary folder) side by side: each "
+                             "scenario alternately against this tree's stack and REV's, with the ratio head/REV")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="leave out the same-run reference even when a headline scenario runs")
     parser.add_argument("--out", type=Path, help="results folder (default loadtests/results/<timestamp>)")
     parser.add_argument("--profile", action="store_true",
                         help="record py-spy profiles of the stack's processes during each scenario")
     parser.add_argument("--rate-limits", action="store_true",
                         help="keep the API's rate limits on (off by default: every simulated team shares one "
                              "address and plays with no think time)")
-    parser.add_argument("--keep", action="store_true", help="keep the benchmark's database afterwards")
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark's database(s) afterwards")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to this long for the machine to be quiet (it is shared)")
     args = parser.parse_args(argv)
+    if args.repeat is not None and args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("urllib3", "celery", "kombu", "amqp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -585,43 +726,81 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     scenarios = [s for s in (SMOKE if args.smoke else FULL)
                  if (not args.only or s.name in args.only) and s.name not in args.skip]
-    assert all(s.fixture in SIZES for s in scenarios)
+    if (not args.no_reference and "reference" not in args.skip and all(s.name != "reference" for s in scenarios)
+            and any(s.name in HEADLINES for s in scenarios)):
+        # A headline is also reported as a share of the reference, so it comes along.
+        scenarios.insert(0, next(s for s in (SMOKE if args.smoke else FULL) if s.name == "reference"))
+    assert all(s.fixture in SIZES for s in scenarios if s.name != "reference")
     if args.wait_quiet:
         wait_for_quiet(args.wait_quiet)
-    bench = Bench(args, out)
+    benches = [Bench(args, out)]
     rev = report.revision()
     results: list[dict[str, Any]] = []
     began = time.monotonic()
     error: str | None = None
+    compare: dict[str, Any] | None = None
+    worktree: Path | None = None
 
     def stop(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, stop)
+    repeats = {sc.name: repeats_for(sc, args) for sc in scenarios}
     try:
-        bench.start(tag)
-        for sc in scenarios:
-            results.append(bench.run_guarded(sc))
+        if args.compare:
+            worktree, short, sha = add_worktree(args.compare)
+            compare = {"rev": args.compare, "label": short, "commit": sha,
+                       "processes_py": (worktree / "processes.py").exists()}
+            benches.append(Bench(args, out, worktree, short))
+        benches[0].start(tag)
+        for other in benches[1:]:
+            assert benches[0].services is not None
+            other.start(f"{tag}-{other.label}", taken=(benches[0].services.redis_db,))
+        for repeat in range(1, max(repeats.values(), default=1) + 1):
+            # ABBA: the side that goes first alternates, so a drift in the machine's speed evens out.
+            order = benches if repeat % 2 else benches[::-1]
+            for sc in scenarios:
+                if repeat > repeats[sc.name]:
+                    continue
+                # The reference runs no code of either tree's stack: once per repeat is enough.
+                for bench in [benches[0]] if sc.name == "reference" else order:
+                    for other in benches:
+                        if other is not bench:
+                            other.idle()
+                    key, title = run_label(sc, bench, repeat, repeats[sc.name], compare is not None)
+                    result = bench.run_guarded(sc, key)
+                    result.update(title=title, scenario_title=sc.title, repeat=repeat, repeats=repeats[sc.name])
+                    results.append(result)
     except KeyboardInterrupt as exc:
         error = f"interrupted ({exc})"
     except Exception as exc:
         log.exception("benchmark failed")
         error = f"{type(exc).__name__}: {exc}"[:3000]
     finally:
-        settings = bench.stack.settings() if bench.stack else None
-        bench.stop()
+        head = benches[0]
+        settings = head.stack.settings() if head.stack else None
+        for bench in benches:
+            bench.stop()
+        if worktree is not None:
+            remove_worktree(worktree)
     elapsed = time.monotonic() - began
-    meta = report.machine(settings, bench.stack.env if bench.stack else {}, smoke=args.smoke, elapsed=elapsed,
-                          error=error, rate_limits=args.rate_limits, busy_before=bench.busy_before, rev=rev,
-                          postgres=bench.postgres)
+    meta = report.machine(settings, head.stack.env if head.stack else {}, smoke=args.smoke, elapsed=elapsed,
+                          error=error, rate_limits=args.rate_limits, busy_before=head.busy_before, rev=rev,
+                          postgres=head.postgres)
+    meta.update(compare=compare, repeats=repeats,
+                command="python -m loadtests.bench " + " ".join(argv if argv is not None else sys.argv[1:]))
     path = report.write(out, results, meta)
     log.info("report: %s (%.0f s)", path, elapsed)
     if elapsed > BUDGET_SECONDS and not args.only:
         log.warning("the benchmark took %.0f s, over its %d s budget", elapsed, BUDGET_SECONDS)
-    unsafe = safety_failures(results)
+    # The exit status speaks for this tree; what REV's old code does is reported, not failed on.
+    unsafe = safety_failures([r for r in results if r.get("side", "head") == "head"])
+    for line in safety_failures([r for r in results if r.get("side", "head") != "head"]):
+        log.warning("safety check failed on %s (reported, not failing this run): %s", args.compare, line)
     for line in unsafe:
         log.error("SAFETY CHECK FAILED: %s", line)
-    failed = error is not None or any("error" in r for r in results) or bool(unsafe)
+    failed = (error is not None or any("error" in r for r in results if r.get("side", "head") == "head")
+              or bool(unsafe))
     return 1 if failed else 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import platform
@@ -32,11 +33,38 @@ REPLACED = {
     "fanout10k": {"here": "broke with more than one worker (websockets per process)", "published": "-"},
 }
 
-GROUP_ORDER = ["api", "worker registrations", "worker board.0", "worker board.1", "worker board.2",
+GROUP_ORDER = ["api", "reference", "worker registrations", "worker board.0", "worker board.1", "worker board.2",
                "worker board.3", "worker mystery.0", "sweeper", "realtime", "realtime-2", "postgres", "redis",
                "locust", "spectators", "bench", "other", "machine"]
 SHORT = {"worker registrations": "reg", "worker mystery.0": "mys.0", "postgres": "pg", "spectators": "spect",
          "machine": "machine"}
+
+
+def load_samples(raw: Path, key: str) -> dict[str, Any]:
+    """One run's raw samples: Locust's file in raw/, or the compressed copy the benchmark keeps in
+    samples/ (``compress_samples``)."""
+    plain = raw / f"{key}-samples.json"
+    packed = raw.parent / "samples" / f"{key}.json.gz"
+    if plain.exists():
+        return json.loads(plain.read_text())
+    if packed.exists():
+        with gzip.open(packed, "rt") as f:
+            return json.load(f)
+    return {"samples": [], "accepted": [], "outcomes": {}}
+
+
+def compress_samples(raw: Path, key: str) -> Path | None:
+    """Keep a run's raw samples (every request: time, category, name, ms, ok) gzipped in samples/,
+    small enough to commit, so any percentile can be computed again; drop the plain file."""
+    plain = raw / f"{key}-samples.json"
+    if not plain.exists():
+        return None
+    packed = raw.parent / "samples" / f"{key}.json.gz"
+    packed.parent.mkdir(exist_ok=True)
+    with gzip.open(packed, "wb", compresslevel=9) as f:
+        f.write(plain.read_bytes())
+    plain.unlink()
+    return packed
 
 
 def percentiles(values: Any, points: tuple[int, ...] = (50, 95, 99)) -> dict[str, float | None]:
@@ -247,8 +275,7 @@ def chart(out: Path, results: list[dict[str, Any]]) -> Path | None:
         return None
     fig, axes = plt.subplots(len(runs), 2, figsize=(14, 3.2 * len(runs)), squeeze=False)
     for row, r in enumerate(runs):
-        raw = out / "raw" / f"{r['name']}-samples.json"
-        samples = json.loads(raw.read_text())["samples"] if raw.exists() else []
+        samples = load_samples(out / "raw", r.get("key", r["name"]))["samples"]
         t0 = r["window"][0]
         left, right = axes[row]
         http = np.array([s[0] for s in samples if s[1] in ("accept", "wait")]) - t0
@@ -273,7 +300,7 @@ def chart(out: Path, results: list[dict[str, Any]]) -> Path | None:
         if r["name"] == "organiser":
             pts = [(s[0] - t0, s[3]) for s in samples if s[1] == "read" and s[4]]
             _percentile_lines(right, pts, "list pages", "tab:purple")
-        events = out / "raw" / f"{r['name']}-events.npz"
+        events = out / "raw" / f"{r.get('key', r['name'])}-events.npz"
         if events.exists():
             with np.load(events) as z:
                 pts = list(zip((z["arrival"] - t0).tolist(), z["latency"].tolist(), strict=True))
@@ -311,9 +338,116 @@ def _percentile_lines(ax: Any, points: list[tuple[float, float]], label: str, co
 # -- REPORT.md ---------------------------------------------------------------------------
 
 
+def headline(r: dict[str, Any]) -> dict[str, Any]:
+    """A run's headline figures: its rate, latencies, CPU per job and writes/s."""
+    if r["name"] == "register_claim" and r.get("team_round_trips"):
+        t = r["team_round_trips"]
+        rate, unit, lat, tail_label = t["per_s"], "teams/s", t, "worst"
+        tail = t.get("max")
+    elif r["name"] == "reference":
+        rate, unit, lat, tail_label = r["writes_per_s"], "writes/s", r["accept"], "p99"
+        tail = lat.get("p99")
+    else:
+        rate, unit, lat, tail_label = r.get("jobs_per_s"), "jobs/s", r.get("job") or {}, "p99"
+        tail = lat.get("p99")
+    return {"rate": rate, "unit": unit, "p50": lat.get("p50"), "p95": lat.get("p95"), "tail": tail,
+            "tail_label": tail_label, "cpu": (r.get("cpu_per_job") or {}).get("total"),
+            "writes": r.get("writes_per_s")}
+
+
+def _spread(values: list[float | None]) -> dict[str, float] | None:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return {"median": float(np.median(vals)), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The median and range of each headline figure, per scenario and side, over its repeats."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        if "error" not in r:
+            groups.setdefault((r["name"], r.get("side", "head")), []).append(r)
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for key, runs in groups.items():
+        figures = [headline(r) for r in runs]
+        rates = [f["rate"] or 0.0 for f in figures]
+        # The run whose rate is the median stands for the group in the per-run sections.
+        middle = runs[int(np.argsort(rates)[(len(rates) - 1) // 2])]
+        out[key] = {"runs": len(runs), "unit": figures[0]["unit"], "tail_label": figures[0]["tail_label"],
+                    "title": runs[0].get("scenario_title", runs[0]["title"]), "representative": middle,
+                    **{k: _spread([f[k] for f in figures]) for k in ("rate", "p50", "p95", "tail", "cpu", "writes")}}
+    return out
+
+
+def _med(d: dict[str, float] | None, fmt: Any = ms_unit) -> str:
+    if not d:
+        return "-"
+    if d["n"] == 1 or d["min"] == d["max"]:
+        return fmt(d["median"])
+    return f"{fmt(d['median'])} ({fmt(d['min'])} - {fmt(d['max'])})"
+
+
+def _num(v: float) -> str:
+    return f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
+def summary_lines(summary: dict[tuple[str, str], dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    add = lines.append
+    compare = meta.get("compare")
+    ref = summary.get(("reference", "head"))
+    ref_rate = ref["writes"]["median"] if ref and ref.get("writes") else None
+    add("## Headlines")
+    add("")
+    add("The median of each scenario's runs, with the range in brackets (`--repeat`). *of reference*: the "
+        "scenario's writes/s over the same-run reference's (a minimal Falcon endpoint under the same gunicorn "
+        "configuration that inserts one row and pushes one Redis message, driven by the same Locust): the share of "
+        "this machine's write ceiling, today, that the scenario reached. *CPU/job*: CPU ms of the stack (not the "
+        "load generator) per finished job; for the reference, per write.")
+    add("")
+    add("| scenario | side | runs | rate | p50 | p95 | p99 or worst | CPU/job | writes/s | of reference |")
+    add("|---|---|---|---|---|---|---|---|---|---|")
+    for (name, side), g in summary.items():
+        share = (f"{g['writes']['median'] / ref_rate:.0%}" if ref_rate and g.get("writes") and name != "reference"
+                 else "-")
+        add(f"| {g['title']} | {side} | {g['runs']} | {_med(g['rate'], _num)} {g['unit']} | {_med(g['p50'])} "
+            f"| {_med(g['p95'])} | {g['tail_label']} {_med(g['tail'])} | {_med(g['cpu'], lambda v: f'{v:.2f} ms')} "
+            f"| {_med(g['writes'], _num)} | {share} |")
+    add("")
+    if compare:
+        label = compare["label"]
+        add(f"## This tree against `{label}`, side by side in this run")
+        add("")
+        add(f"Both stacks ran at once on this machine, each from its own tree (`{label}` from a git worktree of "
+            f"`{compare['commit']}`, started with "
+            + ("the command lines of its own `processes.py`" if compare.get("processes_py") else
+               "the command lines its own benchmark used, as it has no `processes.py`")
+            + "), with this tree's load generator; each scenario ran alternately against one and the other "
+            "(the first side alternating between repeats) while the other idled. Ratios are head / "
+            f"`{label}` of the medians: above 1 is more for rates, and worse for latencies and CPU.")
+        add("")
+        add(f"| scenario | measure | head | `{label}` | head / `{label}` |")
+        add("|---|---|---|---|---|")
+        for (name, side), g in summary.items():
+            if side != "head" or (name, label) not in summary:
+                continue
+            o = summary[(name, label)]
+            for field, what, fmt in (("rate", g["unit"], _num), ("p50", "p50", ms_unit), ("p95", "p95", ms_unit),
+                                     ("tail", g["tail_label"], ms_unit),
+                                     ("cpu", "CPU ms per job", lambda v: f"{v:.2f}")):
+                a, b = g.get(field), o.get(field)
+                ratio = f"{a['median'] / b['median']:.2f}x" if a and b and b["median"] else "-"
+                add(f"| {g['title']} | {what} | {_med(a, fmt)} | {_med(b, fmt)} | **{ratio}** |")
+        add("")
+    return lines
+
+
 def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
     chart_path = chart(out, results)
-    by_name = {r["name"]: r for r in results}
+    summary = summarise(results)
+    # The figures that stand for a scenario (targets, the replaced system): this tree's median run.
+    by_name = {name: g["representative"] for (name, side), g in summary.items() if side == "head"}
     lines: list[str] = []
     add = lines.append
     add(f"# Benchmark report{' (smoke run: few users, ~10 s each; not a measurement)' if meta['smoke'] else ''}")
@@ -340,6 +474,11 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
             f"{s['api_workers']} x at most {s['api_threads']} threads, 6 consumers, realtime, sweeper), so "
             "`too many clients` 503s are possible here")
     add(f"- whole run: {meta['elapsed']} s" + (f"; **run error: {meta['error']}**" if meta["error"] else ""))
+    if meta.get("command"):
+        add(f"- command: `{meta['command']}`")
+    add("")
+    lines += summary_lines(summary, meta)
+    add("## Every run")
     add("")
     add("Latencies are p50 / p95 / p99 in ms. *HTTP accept*: the round trip of a write answered 202. "
         "*POST-to-job-finished*: from just before the POST to the job's `finishedAt` (the worker's commit). "
@@ -355,6 +494,11 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
         if "error" in r:
             add(f"| {r['title']} | {r['users']} | {r['seconds']} s | **failed to run: {r['error'][:200]}** "
                 "| | | | | | | | | | |")
+            continue
+        if r["name"] == "reference":
+            fails = r["http_failures"]
+            add(f"| {r['title']} | {r['users']} | {r['seconds']} s | {r['writes_per_s']:.0f} | - | {trio(r['accept'])} "
+                f"| - | - | {fails} | - | - | - | - | {cpu_cell(r['cpu'])} |")
             continue
         spect = r.get("spectators")
         users = f"{r['users']}" + (f" + {spect['clients']:,} sockets" if spect else "")
@@ -372,7 +516,7 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
     add("")
     add("| scenario | replaced system, this kind of machine | replaced system, published | ours | ratio |")
     add("|---|---|---|---|---|")
-    for r in results:
+    for r in by_name.values():
         if "error" in r or r["name"] not in REPLACED:
             continue
         old = REPLACED[r["name"]]
@@ -459,6 +603,12 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
             add(f"Failed to run: `{r['error']}`")
             continue
         window = r["window"][1] - r["window"][0]
+        if r["name"] == "reference":
+            add(f"Load window {window:.1f} s; {r['writes']:,} writes ({r['http_failures']} failed), "
+                f"{r['writes_per_s']:.1f}/s; round trip {trio(r['accept'])}.")
+            add("")
+            add("CPU (% of one core): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["cpu"].items())))
+            continue
         add(f"Competition `{r['slug']}`; set-up {r['setup_seconds']} s; load window {window:.1f} s; "
             f"queues drained {r['drain_seconds']} s after Locust stopped; {r['requests']:,} HTTP requests; "
             f"{r['jobs_finished']:,} jobs finished in the window; {r['accepted_by_clients']:,} jobs accepted by "
