@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import requests
 from sqlalchemy import create_engine, text
 
@@ -133,6 +134,7 @@ class Bench:
         self.busy_before: float | None = None
         self.postgres: dict[str, int] = {}
         self.engine = None
+        self.provenance: dict[str, Any] = {}
 
     # -- the stack ---------------------------------------------------------------------
 
@@ -162,7 +164,26 @@ class Bench:
                     "AND backend_type = 'client backend'")).scalar_one(),
             }
         log.info("stack of %s (%s) ready: API %s, realtime %s", self.label, self.tree, stack.api, stack.realtime(0))
+        self.provenance = self._provenance()
         return stack
+
+    def _provenance(self) -> dict[str, Any]:
+        """Which code the stack runs: its tree's commit, the schema its migrations left, and each
+        process's working directory (the tree it imports from)."""
+        stack = self.stack
+        assert stack is not None and self.engine is not None
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=stack.tree, capture_output=True, text=True,
+                                check=False).stdout.strip()
+        with self.engine.connect() as conn:
+            schema = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one_or_none()
+        cwds = {}
+        for proc in stack.procs:
+            try:
+                cwds[proc.name] = psutil.Process(proc.popen.pid).cwd()
+            except psutil.Error:
+                cwds[proc.name] = None
+        return {"label": self.label, "tree": str(stack.tree), "commit": commit, "schema": schema,
+                "cwd": sorted(set(cwds.values()), key=str), "processes": len(cwds)}
 
     def stop(self) -> None:
         if hasattr(self, "sampler"):
@@ -300,8 +321,24 @@ class Bench:
         measured (two stacks' pools can exceed a shared server's max_connections): gunicorn's HUP
         replaces its workers with fresh ones, which connect again on their first request."""
         for proc in self.stack.procs if self.stack else []:
-            if proc.group == "api" and proc.popen.poll() is None:
+            if proc.group != "api" or proc.popen.poll() is not None:
+                continue
+            try:
+                master = psutil.Process(proc.popen.pid)
+                old = {c.pid for c in master.children()}
+                log.info("%s idles: HUP to its API (workers %s)", self.label, sorted(old))
                 os.kill(proc.popen.pid, signal.SIGHUP)
+                # The new workers' start-up (imports, app) is CPU: let it finish before the other
+                # side's load begins.
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    now = {c.pid for c in master.children()}
+                    if now and not now & old and len(now) >= len(old):
+                        break
+                    time.sleep(0.2)
+                time.sleep(2.0)
+            except psutil.Error:
+                log.warning("could not idle the API of %s", self.label, exc_info=True)
 
     def _wait_spectators(self, sc: Scenario, procs: list[Proc], key: str) -> None:
         if not procs:
@@ -359,7 +396,6 @@ class Bench:
         targets: list[tuple[str, int]] = []
         for proc in stack.procs:
             if proc.name == "api":
-                import psutil
 
                 children = psutil.Process(proc.popen.pid).children()
                 targets += [(f"api-{i}", c.pid) for i, c in enumerate(children)]
@@ -787,7 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = report.machine(settings, head.stack.env if head.stack else {}, smoke=args.smoke, elapsed=elapsed,
                           error=error, rate_limits=args.rate_limits, busy_before=head.busy_before, rev=rev,
                           postgres=head.postgres)
-    meta.update(compare=compare, repeats=repeats,
+    meta.update(compare=compare, repeats=repeats, stacks=[b.provenance for b in benches],
                 command="python -m loadtests.bench " + " ".join(argv if argv is not None else sys.argv[1:]))
     path = report.write(out, results, meta)
     log.info("report: %s (%.0f s)", path, elapsed)

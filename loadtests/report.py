@@ -476,6 +476,10 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
     add(f"- whole run: {meta['elapsed']} s" + (f"; **run error: {meta['error']}**" if meta["error"] else ""))
     if meta.get("command"):
         add(f"- command: `{meta['command']}`")
+    for st in meta.get("stacks") or []:
+        if st:
+            add(f"- stack `{st['label']}`: commit `{st['commit'][:12]}` from `{st['tree']}`, schema at migration "
+                f"`{st['schema']}`, {st['processes']} processes running in {', '.join(f'`{c}`' for c in st['cwd'])}")
     add("")
     lines += summary_lines(summary, meta)
     add("## Every run")
