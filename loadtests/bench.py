@@ -67,10 +67,25 @@ class Scenario:
     # python-socketio's AsyncClient, or the minimal protocol client: at 2,000 clients and more the
     # former falls behind on this machine and measures itself (see README).
     client: str = "socketio"
+    # Another scenario's competition set-up (open load plays the full competition's game).
+    fixture_of: str | None = None
+    # Extra environment for Locust (the open load's steps).
+    locust_env: tuple[tuple[str, str], ...] = ()
+    # Runs only when asked for (--open-load, or --only NAME).
+    optional: bool = False
 
     @property
     def fixture(self) -> str:
-        return self.name
+        return self.fixture_of or self.name
+
+
+def open_load(users: int, steps: tuple[int, ...], step: int, warmup: int) -> Scenario:
+    """The full competition's game at fixed arrival rates, stepped up (loadtests/open_load.py)."""
+    return Scenario("open_load", "open load: the full competition at stepped arrival rates", "open_load.py", users,
+                    warmup + step * len(steps), fixture_of="competition", optional=True,
+                    locust_env=(("QUIZ_OPEN_STEPS", ",".join(map(str, steps))),
+                                ("QUIZ_OPEN_STEP_SECONDS", str(step)), ("QUIZ_OPEN_WARMUP", str(warmup)),
+                                ("QUIZ_OPEN_USERS", str(users))))
 
 
 # Reported with the median and range of --repeat runs, and as a share of the reference.
@@ -88,6 +103,7 @@ FULL = [
              spectators=(2000,), organisers=10, client="raw"),
     Scenario("fanout10k", "fan-out: 10,000 clients, 2 realtime processes", "fanout.py", 150, 60,
              spectators=(5000, 5000), organisers=10, connect_rate=250.0, client="raw"),
+    open_load(300, (25, 50, 75, 100, 150, 200, 250, 300, 400), step=15, warmup=15),
 ]
 SMOKE = [
     Scenario("reference", "same-run reference: one row + one Redis message", "reference.py", 5, 10),
@@ -101,6 +117,7 @@ SMOKE = [
              client="raw"),
     Scenario("fanout10k", "fan-out, 2 realtime processes", "fanout.py", 10, 10, spectators=(25, 25),
              organisers=2, client="raw"),
+    open_load(10, (5, 10, 20), step=5, warmup=5),
 ]
 
 
@@ -363,12 +380,14 @@ class Bench:
                 ) -> tuple[float, float, int]:
         stack = self.stack
         assert stack is not None
-        env = dict(stack.env, QUIZ_SAMPLES=str(self.raw / f"{key}-samples.json"))
+        env = dict(stack.env, QUIZ_SAMPLES=str(self.raw / f"{key}-samples.json"), **dict(sc.locust_env))
         if fixture_path is not None:
             env["QUIZ_FIXTURE"] = str(fixture_path)
         argv = [
             str(BIN / "locust"), "-f", str(REPO / "loadtests" / sc.locustfile), "--headless",
-            "-u", str(sc.users), "-r", str(sc.users), "-t", f"{sc.seconds}s", "--stop-timeout", "10",
+            # With a load shape (open load) the shape sets the users, and -t is only a backstop.
+            *(["-u", str(sc.users), "-r", str(sc.users)] if sc.name != "open_load" else []),
+            "-t", f"{sc.seconds + (10 if sc.name == 'open_load' else 0)}s", "--stop-timeout", "10",
             "--host", host or stack.api, "--csv", str(self.out / key), "--csv-full-history",
             "--html", str(self.out / f"{key}.html"), "--loglevel", "WARNING", "--only-summary",
         ]
@@ -498,6 +517,8 @@ class Bench:
         result["cpu_per_job"] = self._cpu_per_job(fixture.slug, started, ended)
         result["invariants"] = self._invariants(fixture.slug)
         result["spectators"] = self._spectators(sc, key)
+        if sc.name == "open_load":
+            result["open_load"] = open_steps(self.raw, key, data["samples"])
         return result
 
     def _cpu_per_job(self, slug: str, started: float, ended: float) -> dict[str, Any]:
@@ -655,6 +676,35 @@ class Bench:
         }
 
 
+# Issue 11: the open load's knee is where p95 POST-to-visible passes this.
+KNEE_MS = 150.0
+
+
+def open_steps(raw: Path, key: str, samples: list[list[Any]]) -> dict[str, Any] | None:
+    """Per step of the open load: the rate offered, the writes/s achieved, POST-to-visible (POST
+    to the job's commit) p50/p95/p99 and failures; and the knee, the first step whose p95 passes
+    KNEE_MS, with the highest rate offered before it."""
+    path = raw / f"{key}-samples.json.steps.json"
+    if not path.exists():
+        return None
+    plan = json.loads(path.read_text())
+    steps = []
+    for st in plan["steps"]:
+        a, b = st["start"], st["end"]
+        inside = [s for s in samples if a <= s[0] < b]
+        writes = [s for s in inside if s[1] in ("accept", "wait")]
+        jobs = [s[3] for s in inside if s[1] == "job" and s[4]]
+        steps.append({"rate": st["rate"], "seconds": round(b - a, 1),
+                      "writes_per_s": sum(1 for s in writes if s[4]) / max(1e-6, b - a),
+                      "failures": sum(1 for s in inside if not s[4]), "jobs": len(jobs),
+                      **report.percentiles(jobs)})
+    knee = next((s for s in steps if s["p95"] is not None and s["p95"] > KNEE_MS), None)
+    under = [s for s in steps if knee is None or s["rate"] < knee["rate"]]
+    return {"users": plan["users"], "steps": steps, "limit_ms": KNEE_MS,
+            "knee_rate": knee["rate"] if knee else None,
+            "highest_under": under[-1]["rate"] if under else None}
+
+
 def cpu_per_unit(seconds: dict[str, float], units: int, span: float) -> dict[str, Any]:
     """CPU ms per unit of work (a finished job, a reference write) by stack kind and in total."""
     by_kind = dict.fromkeys(STACK_KINDS, 0.0)
@@ -739,6 +789,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", metavar="REV",
                         help="also run commit REV (a git worktree of it, in a temporary folder) side by side: each "
                              "scenario alternately against this tree's stack and REV's, with the ratio head/REV")
+    parser.add_argument("--open-load", action="store_true",
+                        help="also run the open load: the full competition at fixed arrival rates, stepped up "
+                             "until p95 POST-to-visible passes 150 ms (the knee, with a latency-versus-rate chart)")
     parser.add_argument("--no-reference", action="store_true",
                         help="leave out the same-run reference even when a headline scenario runs")
     parser.add_argument("--out", type=Path, help="results folder (default loadtests/results/<timestamp>)")
@@ -761,7 +814,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / tag
     out.mkdir(parents=True, exist_ok=True)
     scenarios = [s for s in (SMOKE if args.smoke else FULL)
-                 if (not args.only or s.name in args.only) and s.name not in args.skip]
+                 if (s.name in (args.only or []) or (not args.only and (not s.optional or args.open_load))
+                     or (s.optional and args.open_load)) and s.name not in args.skip]
     if (not args.no_reference and "reference" not in args.skip and all(s.name != "reference" for s in scenarios)
             and any(s.name in HEADLINES for s in scenarios)):
         # A headline is also reported as a share of the reference, so it comes along.

@@ -318,6 +318,41 @@ def chart(out: Path, results: list[dict[str, Any]]) -> Path | None:
     return path
 
 
+def open_chart(out: Path, r: dict[str, Any]) -> Path | None:
+    """The open load's latency against the rate offered, with the rate achieved."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ol = r.get("open_load")
+    steps = [s for s in (ol or {}).get("steps", []) if s["p50"] is not None]
+    if not steps:
+        return None
+    rates = [s["rate"] for s in steps]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(rates, [s["p50"] for s in steps], marker="o", label="POST-to-visible p50")
+    ax.plot(rates, [s["p95"] for s in steps], marker="o", label="POST-to-visible p95")
+    ax.plot(rates, [s["p99"] for s in steps], marker=".", linestyle=":", label="POST-to-visible p99")
+    ax.axhline(ol["limit_ms"], color="tab:red", linestyle="--", label=f"{ol['limit_ms']:.0f} ms")
+    ax.set_yscale("log")
+    ax.set_xlabel("plays/s offered")
+    ax.set_ylabel("ms")
+    ax.grid(alpha=0.3, which="both")
+    right = ax.twinx()
+    right.plot(rates, [s["writes_per_s"] for s in steps], color="tab:gray", marker="s", alpha=0.6,
+               label="writes/s achieved")
+    right.set_ylabel("writes/s achieved")
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper left", fontsize=8)
+    ax.set_title(f"{r['title']}: latency against rate")
+    fig.tight_layout()
+    path = out / f"open-{r.get('key', r['name'])}.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def _percentile_lines(ax: Any, points: list[tuple[float, float]], label: str, color: str) -> None:
     if not points:
         return
@@ -580,6 +615,31 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
         add(f"| {r['title']} | {c['units']:,} | " + " | ".join(_cpu_ms(c.get(k)) for k in kinds)
             + f" | **{_cpu_ms(c.get('total'))}** | {_cpu_ms(c.get('load_generator'))} |")
     add("")
+
+    for r in results:
+        ol = r.get("open_load")
+        if "error" in r or not ol:
+            continue
+        add("## Open load" + (f" ({r['key']})" if r.get("key", r["name"]) != r["name"] else ""))
+        add("")
+        knee = (f"p95 POST-to-visible passed {ol['limit_ms']:.0f} ms at **{ol['knee_rate']:g} plays/s** offered; the "
+                f"highest rate under it: **{ol['highest_under']:g} plays/s**" if ol["knee_rate"] is not None else
+                f"p95 POST-to-visible stayed under {ol['limit_ms']:.0f} ms up to the highest rate offered "
+                f"({ol['highest_under']:g} plays/s): no knee in this range")
+        add(f"{ol['users']} players of the full competition's game, each play (claim and answer, or a mystery box) "
+            "started at Poisson arrival instants, so the rate is offered whatever the latency. *POST-to-visible*: "
+            f"from just before a write's POST to its job's commit. Knee: {knee}.")
+        add("")
+        add("| plays/s offered | seconds | writes/s achieved | POST-to-visible p50 | p95 | p99 | jobs | failures |")
+        add("|---|---|---|---|---|---|---|---|")
+        for st in ol["steps"]:
+            add(f"| {st['rate']:g} | {st['seconds']} | {st['writes_per_s']:.1f} | {ms_unit(st['p50'])} "
+                f"| {ms_unit(st['p95'])} | {ms_unit(st['p99'])} | {st['jobs']:,} | {st['failures']} |")
+        add("")
+        picture = open_chart(out, r)
+        if picture:
+            add(f"![latency against offered rate]({picture.name})")
+            add("")
 
     add("## Targets (issues 5 and 13)")
     add("")
