@@ -881,7 +881,8 @@ def main(argv: list[str] | None = None) -> int:
                 command="python -m loadtests.bench " + " ".join(argv if argv is not None else sys.argv[1:]))
     path = report.write(out, results, meta)
     log.info("report: %s (%.0f s)", path, elapsed)
-    if elapsed > BUDGET_SECONDS and not args.only and not args.compare and not args.repeat:
+    # The 15-minute budget (issue 5) is for one run of each scenario on one stack.
+    if elapsed > BUDGET_SECONDS and not args.only and not args.compare and max(repeats.values(), default=1) == 1:
         log.warning("the benchmark took %.0f s, over its %d s budget", elapsed, BUDGET_SECONDS)
     # The exit status speaks for this tree; what REV's old code does is reported, not failed on.
     unsafe = safety_failures([r for r in results if r.get("side", "head") == "head"])
