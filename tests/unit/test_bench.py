@@ -54,3 +54,21 @@ def test_raw_samples_are_kept_gzipped_and_read_back(tmp_path: Path) -> None:
 
 def test_legacy_commands_fill_the_queue() -> None:
     assert "{queue}" in LEGACY_COMMANDS["consumer"]
+
+
+def test_open_load_finds_the_knee(tmp_path: Path) -> None:
+    import json
+
+    from loadtests.bench import open_steps
+
+    steps = [{"step": i, "rate": r, "start": 100.0 + 10 * i, "end": 110.0 + 10 * i} for i, r in enumerate((10, 20, 40))]
+    (tmp_path / "o-samples.json.steps.json").write_text(json.dumps({"users": 5, "steps": steps}))
+    samples = []
+    for i, ms in enumerate((50.0, 90.0, 400.0)):
+        samples += [[100.0 + 10 * i + k / 10, "job", "JOB claim", ms, True] for k in range(50)]
+        samples += [[100.0 + 10 * i + k / 10, "accept", "POST claims", 5.0, True] for k in range(50)]
+    got = open_steps(tmp_path, "o", samples)
+    assert got is not None
+    assert [s["p95"] for s in got["steps"]] == [50.0, 90.0, 400.0]
+    assert got["steps"][0]["writes_per_s"] == 5.0
+    assert got["knee_rate"] == 40 and got["highest_under"] == 20
