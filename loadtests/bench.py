@@ -1,11 +1,14 @@
-"""The benchmark: ``python -m loadtests.bench [--smoke] [--only NAME ...]``.
+"""The benchmark: ``python -m loadtests.bench [--smoke] [--only NAME ...] [--repeat N] [--compare REV] [--open-load]``.
 
 Creates a fresh database and takes a Redis DB index of its own, runs the migrations, starts the
 stack with production settings as subprocesses, runs every scenario headless with Locust (and
 the Socket.IO spectators beside the ones that need them), checks the database after each, samples
 the CPU of every process, and writes ``loadtests/results/<timestamp>/``: Locust's CSV and HTML,
 REPORT.md and chart.png. PostgreSQL and Redis come from DATABASE_URL / REDIS_URL, or the
-machine's 127.0.0.1:5432 / 6379 when those are unset. See loadtests/README.md.
+machine's 127.0.0.1:5432 / 6379 when those are unset. Beside the scenarios: a same-run reference
+(the machine's write ceiling), CPU per job, repeats with their median and range, and with
+``--compare REV`` a second stack from a worktree of REV, run alternately with this tree's. See
+loadtests/README.md.
 """
 
 from __future__ import annotations

@@ -245,8 +245,10 @@ class Stack:
 
     def migrate(self) -> None:
         if self.tree != REPO:
-            subprocess.run([sys.executable, "-m", "models.migrate"], cwd=self.tree, env=self.env, check=True,
-                           timeout=300, capture_output=True)
+            done = subprocess.run([sys.executable, "-m", "models.migrate"], cwd=self.tree, env=self.env,
+                                  timeout=300, capture_output=True, text=True, check=False)
+            if done.returncode:
+                raise RuntimeError(f"migrations of {self.tree} failed:\n{done.stderr[-3000:]}")
             return
         from models.migrate import upgrade
 
