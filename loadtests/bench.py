@@ -155,10 +155,12 @@ class Bench:
         self.postgres: dict[str, int] = {}
         self.engine = None
         self.provenance: dict[str, Any] = {}
+        self.other_ports: tuple[int, ...] = ()
 
     # -- the stack ---------------------------------------------------------------------
 
-    def start(self, tag: str, taken: tuple[int, ...] = ()) -> Stack:
+    def start(self, tag: str, taken: tuple[int, ...] = (), skip_ports: tuple[int, ...] = ()) -> Stack:
+        """``taken``, ``skip_ports``: the Redis DB index and ports of this run's other stack."""
         self.services = Services.create(os.environ, tag.replace("-", "_"), taken)
         log.info("database %s, Redis DB %d", self.services.database, self.services.redis_db)
         self.sampler = CpuSampler(self.services.database)
@@ -167,7 +169,8 @@ class Bench:
             log.warning("the machine is already %.0f%% busy (of one core) before the benchmark starts; "
                         "the figures will be lower than on a quiet machine", self.busy_before)
         logs = self.out / "logs" if self.label == "head" else self.out / "logs" / self.label
-        stack = self.stack = Stack.prepare(self.services, logs, os.environ, self.args.rate_limits, self.tree)
+        stack = self.stack = Stack.prepare(self.services, logs, os.environ, self.args.rate_limits, self.tree,
+                                           skip_ports)
         stack.migrate()
         stack.start()
         for proc in stack.procs:
@@ -302,7 +305,7 @@ class Bench:
         began = time.monotonic()
         with self.engine.begin() as conn:
             conn.execute(text(CREATE))
-        port = free_port(stack.realtime_ports[-1] + 1)
+        port = free_port(stack.realtime_ports[-1] + 1, self.other_ports)
         env = dict(stack.env, API_PORT=str(port), PYTHONPATH=str(REPO))
         proc = stack.spawn(f"{key}-app", "reference",
                            [str(BIN / "gunicorn"), "-c", "web/gunicorn_conf.py", "loadtests.reference_app:app"], env)
@@ -847,8 +850,11 @@ def main(argv: list[str] | None = None) -> int:
             benches.append(Bench(args, out, worktree, short))
         benches[0].start(tag)
         for other in benches[1:]:
-            assert benches[0].services is not None
-            other.start(f"{tag}-{other.label}", taken=(benches[0].services.redis_db,))
+            assert benches[0].services is not None and benches[0].stack is not None
+            other.start(f"{tag}-{other.label}", taken=(benches[0].services.redis_db,),
+                        skip_ports=benches[0].stack.ports)
+        for bench in benches:
+            bench.other_ports = tuple(p for b in benches if b is not bench and b.stack for p in b.stack.ports)
         for repeat in range(1, max(repeats.values(), default=1) + 1):
             # ABBA: the side that goes first alternates, so a drift in the machine's speed evens out.
             order = benches if repeat % 2 else benches[::-1]

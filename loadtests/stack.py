@@ -46,8 +46,12 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def free_port(preferred: int) -> int:
+def free_port(preferred: int, skip: tuple[int, ...] = ()) -> int:
+    """The first port from ``preferred`` up that binds, leaving out ``skip`` (ports another stack of
+    this run has reserved but may not be listening on yet)."""
     for port in range(preferred, PORT_CEILING + 1):
+        if port in skip:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -161,18 +165,23 @@ class Stack:
     def api(self) -> str:
         return f"http://{LOOPBACK}:{self.api_port}"
 
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Every port this stack may listen on (the second realtime server's only in fan-out)."""
+        return (self.api_port, *self.realtime_ports)
+
     def realtime(self, index: int = 0) -> str:
         return f"http://{LOOPBACK}:{self.realtime_ports[index]}"
 
     @classmethod
     def prepare(cls, services: Services, log_dir: Path, base_env: Mapping[str, str], rate_limits: bool,
-                tree: Path = REPO) -> Stack:
+                tree: Path = REPO, skip_ports: tuple[int, ...] = ()) -> Stack:
         from settings import Settings
         from workers.routing import all_queues
 
-        api_port = free_port(int(base_env.get("BENCH_API_PORT", "18000")))
-        rt_ports = [free_port(api_port + 1)]
-        rt_ports.append(free_port(rt_ports[0] + 1))
+        api_port = free_port(int(base_env.get("BENCH_API_PORT", "18000")), skip_ports)
+        rt_ports = [free_port(api_port + 1, skip_ports)]
+        rt_ports.append(free_port(rt_ports[0] + 1, skip_ports))
         env = {k: v for k, v in base_env.items()
                if not k.startswith("QUIZ_") and k not in ("ADMIN_TOKEN", "APP_DATABASE_URL")}
         env.update({
