@@ -821,7 +821,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     scenarios = [s for s in (SMOKE if args.smoke else FULL)
                  if (s.name in (args.only or []) or (not args.only and (not s.optional or args.open_load))
-                     or (s.optional and args.open_load)) and s.name not in args.skip]
+                     or (s.optional and args.open_load)) and s.name not in args.skip
+                 and not (s.name == "reference" and args.no_reference)]
     if (not args.no_reference and "reference" not in args.skip and all(s.name != "reference" for s in scenarios)
             and any(s.name in HEADLINES for s in scenarios)):
         # A headline is also reported as a share of the reference, so it comes along.
