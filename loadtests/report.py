@@ -450,6 +450,16 @@ def summary_lines(summary: dict[tuple[str, str], dict[str, Any]], meta: dict[str
             f"| {_med(g['p95'])} | {g['tail_label']} {_med(g['tail'])} | {_med(g['cpu'], lambda v: f'{v:.2f} ms')} "
             f"| {_med(g['writes'], _num)} | {share} |")
     add("")
+    old = REPLACED["register_claim"]
+    for (name, side), g in summary.items():
+        if name != "register_claim" or not g.get("rate") or not g.get("p95"):
+            continue
+        lo, hi = old["rate_range"]
+        add(f"Register and claim, waiting, `{side}` against the system we replace ({old['here']}): "
+            f"{g['rate']['median'] / hi:.2f}-{g['rate']['median'] / lo:.2f}x its teams/s, p95 "
+            f"{g['p95']['median'] / old['p95_range'][1]:.2f}-{g['p95']['median'] / old['p95_range'][0]:.2f}x its p95 "
+            "(issue 13's target: at least 1.5x the teams/s at no more than 0.5x the p95).")
+        add("")
     if compare:
         label = compare["label"]
         add(f"## This tree against `{label}`, side by side in this run")
