@@ -655,7 +655,9 @@ class Bench:
 
         by_event = {name: {"count": int((ev == i).sum()), **report.percentiles(lat[ev == i])}
                     for i, name in enumerate(EVENTS) if (ev == i).any()}
-        np.savez_compressed(self.raw / f"{key}-events.npz", latency=lat,
+        # Beside the request samples, kept with the run: every event's commit-to-event latency.
+        (self.out / "samples").mkdir(exist_ok=True)
+        np.savez_compressed(self.out / "samples" / f"{key}-events.npz", latency=lat,
                             arrival=np.concatenate(arrival) if arrival else np.zeros(0), event=ev)
         return {
             "client": "python-socketio AsyncClient" if sc.client == "socketio" else "minimal protocol client",

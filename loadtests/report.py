@@ -300,7 +300,9 @@ def chart(out: Path, results: list[dict[str, Any]]) -> Path | None:
         if r["name"] == "organiser":
             pts = [(s[0] - t0, s[3]) for s in samples if s[1] == "read" and s[4]]
             _percentile_lines(right, pts, "list pages", "tab:purple")
-        events = out / "raw" / f"{r.get('key', r['name'])}-events.npz"
+        events = out / "samples" / f"{r.get('key', r['name'])}-events.npz"
+        if not events.exists():  # runs before the samples moved out of raw/
+            events = out / "raw" / f"{r.get('key', r['name'])}-events.npz"
         if events.exists():
             with np.load(events) as z:
                 pts = list(zip((z["arrival"] - t0).tolist(), z["latency"].tolist(), strict=True))
