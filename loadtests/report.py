@@ -387,9 +387,14 @@ def headline(r: dict[str, Any]) -> dict[str, Any]:
     else:
         rate, unit, lat, tail_label = r.get("jobs_per_s"), "jobs/s", r.get("job") or {}, "p99"
         tail = lat.get("p99")
+    cpu = r.get("cpu_per_job") or {}
     return {"rate": rate, "unit": unit, "p50": lat.get("p50"), "p95": lat.get("p95"), "tail": tail,
-            "tail_label": tail_label, "cpu": (r.get("cpu_per_job") or {}).get("total"),
-            "writes": r.get("writes_per_s")}
+            "tail_label": tail_label, "cpu": cpu.get("total"), "writes": r.get("writes_per_s"),
+            **{f"cpu_{k}": cpu.get(k) for k in CPU_KINDS}}
+
+
+# The stack's process kinds in CPU per job (loadtests.stack.STACK_KINDS).
+CPU_KINDS = ("api", "consumers", "sweeper", "realtime", "postgres", "redis")
 
 
 def _spread(values: list[float | None]) -> dict[str, float] | None:
@@ -413,7 +418,8 @@ def summarise(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, 
         middle = runs[int(np.argsort(rates)[(len(rates) - 1) // 2])]
         out[key] = {"runs": len(runs), "unit": figures[0]["unit"], "tail_label": figures[0]["tail_label"],
                     "title": runs[0].get("scenario_title", runs[0]["title"]), "representative": middle,
-                    **{k: _spread([f[k] for f in figures]) for k in ("rate", "p50", "p95", "tail", "cpu", "writes")}}
+                    **{k: _spread([f[k] for f in figures]) for k in ("rate", "p50", "p95", "tail", "cpu", "writes",
+                                                                      *(f"cpu_{c}" for c in CPU_KINDS))}}
     return out
 
 
@@ -480,9 +486,10 @@ def summary_lines(summary: dict[tuple[str, str], dict[str, Any]], meta: dict[str
             if side != "head" or (name, label) not in summary:
                 continue
             o = summary[(name, label)]
+            cpu_rows = [(f"cpu_{k}", f"CPU ms per job: {k}", lambda v: f"{v:.2f}") for k in CPU_KINDS]
             for field, what, fmt in (("rate", g["unit"], _num), ("p50", "p50", ms_unit), ("p95", "p95", ms_unit),
                                      ("tail", g["tail_label"], ms_unit),
-                                     ("cpu", "CPU ms per job", lambda v: f"{v:.2f}")):
+                                     ("cpu", "CPU ms per job: total", lambda v: f"{v:.2f}"), *cpu_rows):
                 a, b = g.get(field), o.get(field)
                 ratio = f"{a['median'] / b['median']:.2f}x" if a and b and b["median"] else "-"
                 add(f"| {g['title']} | {what} | {_med(a, fmt)} | {_med(b, fmt)} | **{ratio}** |")
@@ -618,7 +625,7 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
         "their sum, without the load generator (Locust's own share is beside it). Redis is one server shared "
         "with other work on this machine.")
     add("")
-    kinds = ("api", "consumers", "sweeper", "realtime", "postgres", "redis")
+    kinds = CPU_KINDS
     add("| scenario | jobs | " + " | ".join(kinds) + " | total | Locust |")
     add("|---|---|" + "---|" * len(kinds) + "---|---|")
     for r in results:
