@@ -1,9 +1,10 @@
-"""Open load (issue 11): the full competition's players at fixed arrival rates, stepped up.
+"""Open load (issue 11): a scenario's players at fixed arrival rates, stepped up.
 
 Every closed-loop scenario's p95 mostly reflects its number of users. Here the rate is fixed
-instead: ``QUIZ_OPEN_USERS`` players (registered as they start) each begin one play (claim and
-answer, or a mystery box, exactly as ``competition.py``) at exponentially spaced instants, so
-that together they offer ``rate`` plays per second, whatever the latency. The rate steps through
+instead: ``QUIZ_OPEN_USERS`` players each begin one play at exponentially spaced instants, so
+that together they offer ``rate`` plays per second, whatever the latency. A play is one task of
+``QUIZ_OPEN_BASE``'s user: ``competition`` (the default; registered as they start, then claim
+and answer, or a mystery box) or ``registration`` (one new team). The rate steps through
 ``QUIZ_OPEN_STEPS`` (plays/s, comma-separated), ``QUIZ_OPEN_STEP_SECONDS`` each, after a warm-up
 of ``QUIZ_OPEN_WARMUP`` seconds at the first rate. A player whose play outlasts its interval
 starts the next one late, so past the knee the offered rate is no longer reached: the report
@@ -13,6 +14,7 @@ shows both. The steps' wall-clock bounds are written beside the raw samples
     QUIZ_OPEN_STEPS=20,40,80 .venv/bin/locust -f loadtests/open_load.py --headless --host http://127.0.0.1:8000
 """
 
+import importlib
 import json
 import os
 import random
@@ -26,19 +28,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from locust import LoadTestShape, events
 from locust.env import Environment
 
-from loadtests import competition, config
+from loadtests import config
 
 STEPS = [float(r) for r in os.environ.get("QUIZ_OPEN_STEPS", "20,40,60,80").split(",")]
 STEP_SECONDS = float(os.environ.get("QUIZ_OPEN_STEP_SECONDS", "15"))
 WARMUP = float(os.environ.get("QUIZ_OPEN_WARMUP", "10"))
 USERS = int(os.environ.get("QUIZ_OPEN_USERS", "300"))
+_BASES = {"competition": "TeamUser", "registration": "RegistrationUser"}
+BASE = os.environ.get("QUIZ_OPEN_BASE", "competition")
+# Imported by name, so that only the chosen scenario's hooks are installed.
+_Player = getattr(importlib.import_module(f"loadtests.{BASE}"), _BASES[BASE])
 
 # The rate offered now (plays/s over all players), set by the shape, read by every player.
 _RATE = {"now": STEPS[0]}
 _BOUNDS: list[dict[str, float]] = []
 
 
-class OpenPlayer(competition.TeamUser):
+class OpenPlayer(_Player):  # type: ignore[misc, valid-type]
     def wait_time(self) -> float:
         # Poisson arrivals per player (the sum over USERS players is Poisson at the offered rate),
         # scheduled from the previous arrival, not from the end of the previous play.
@@ -50,6 +56,10 @@ class OpenPlayer(competition.TeamUser):
             arrival = now
         self._next_at = arrival
         return max(0.0, arrival - now)
+
+
+# Locust runs every User class it finds in this module: the closed-loop base must not be one.
+del _Player
 
 
 class Steps(LoadTestShape):
@@ -72,4 +82,4 @@ class Steps(LoadTestShape):
 def _on_stop(environment: Environment, **_: Any) -> None:
     path = config.samples_path()
     if path is not None:
-        Path(str(path) + ".steps.json").write_text(json.dumps({"users": USERS, "steps": _BOUNDS}))
+        Path(str(path) + ".steps.json").write_text(json.dumps({"users": USERS, "base": BASE, "steps": _BOUNDS}))
