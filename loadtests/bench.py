@@ -113,8 +113,8 @@ FULL = [
     open_load(300, (50, 100, 200, 300, 400, 500), step=15, warmup=10, base="registration"),
 ]
 SMOKE = [
-    Scenario("reference", "same-run reference: one row + one Redis message", "reference.py", 5, 6),
-    Scenario("register_claim", "register and claim, waiting", "register_claim.py", 5, 10),
+    Scenario("reference", "same-run reference: one row + one Redis message", "reference.py", 5, 5),
+    Scenario("register_claim", "register and claim, waiting", "register_claim.py", 5, 8),
     Scenario("registration", "registration storm", "registration.py", 5, 10),
     Scenario("organiser", "organiser operations", "organiser.py", 5, 10),
     Scenario("competition", "full competition + spectators", "competition.py", 10, 10, spectators=(20,),
