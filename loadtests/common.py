@@ -146,9 +146,13 @@ class QuizUser(FastHttpUser):
                                              exception=exception, context={"cat": "job"})
 
     def run_job(self, method: str, path: str, body: Any, *, kind: str, label: str,
-                token: str | None = None) -> dict[str, Any] | None:
-        """Send a write, follow its job to the end, record the latencies; returns the finished job."""
-        wait = random.random() < config.wait_share()
+                token: str | None = None, wait: bool | None = None) -> dict[str, Any] | None:
+        """Send a write, follow its job to the end, record the latencies; returns the finished job.
+
+        ``wait``: send ``Prefer: wait=10`` (True), poll (False), or pick by ``QUIZ_WAIT_SHARE`` (None).
+        A wait that runs out answers 202, and the job is then polled like any other."""
+        if wait is None:
+            wait = random.random() < config.wait_share()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         if wait:
             headers["Prefer"] = "wait=10"
@@ -209,7 +213,7 @@ class QuizUser(FastHttpUser):
             resp.success()
             return resp.json()
 
-    def register(self, name: str) -> dict[str, Any] | None:
+    def register(self, name: str, wait: bool | None = None) -> dict[str, Any] | None:
         return self.run_job("POST", self.comp("/teams"),
                             {"teamName": name, "members": ["Ada", "Grace", "Alan"], "email": f"{name}@example.com"},
-                            kind="register", label="POST /competitions/[slug]/teams")
+                            kind="register", label="POST /competitions/[slug]/teams", wait=wait)

@@ -23,6 +23,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psutil
@@ -45,8 +46,12 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def free_port(preferred: int) -> int:
+def free_port(preferred: int, skip: tuple[int, ...] = ()) -> int:
+    """The first port from ``preferred`` up that binds, leaving out ``skip`` (ports another stack of
+    this run has reserved but may not be listening on yet)."""
     for port in range(preferred, PORT_CEILING + 1):
+        if port in skip:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -75,11 +80,13 @@ def with_redis_db(url: str, index: int) -> str:
     return urllib.parse.urlunsplit(parts._replace(path=f"/{index}"))
 
 
-def pick_redis_db(url: str, preferred: int | None) -> int:
+def pick_redis_db(url: str, preferred: int | None, taken: tuple[int, ...] = ()) -> int:
     """A Redis DB index nobody uses: an empty one, from 15 down (or the one asked for)."""
     if preferred is not None:
         return preferred
     for index in range(15, 0, -1):
+        if index in taken:
+            continue
         client = redis.Redis.from_url(with_redis_db(url, index))
         try:
             if client.dbsize() == 0:
@@ -100,7 +107,8 @@ class Services:
     redis_db: int
 
     @classmethod
-    def create(cls, env: Mapping[str, str], tag: str) -> Services:
+    def create(cls, env: Mapping[str, str], tag: str, taken: tuple[int, ...] = ()) -> Services:
+        """``taken``: Redis DB indexes of this run's other stack (still empty while it starts)."""
         import psycopg
 
         admin_url = libpq_url(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
@@ -109,7 +117,7 @@ class Services:
             conn.execute(f'CREATE DATABASE "{database}"')
         base_redis = env.get("REDIS_URL") or DEFAULT_REDIS_URL
         preferred = env.get("BENCH_REDIS_DB")
-        index = pick_redis_db(base_redis, int(preferred) if preferred else None)
+        index = pick_redis_db(base_redis, int(preferred) + len(taken) if preferred else None, taken)
         redis_url = with_redis_db(base_redis, index)
         redis.Redis.from_url(redis_url).flushdb()
         return cls(admin_url, database, with_database(admin_url, database), redis_url, index)
@@ -148,24 +156,34 @@ class Stack:
     procs: list[Proc] = field(default_factory=list)
     # Start stack processes through loadtests.launch, so their command lines do not name them.
     disguise: bool = True
+    # The source tree the processes run from: this one, or another commit's worktree (--compare).
+    tree: Path = REPO
+    # What another tree said about itself (loadtests/probe.py); None for this tree.
+    probed: dict[str, Any] | None = None
 
     @property
     def api(self) -> str:
         return f"http://{LOOPBACK}:{self.api_port}"
 
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Every port this stack may listen on (the second realtime server's only in fan-out)."""
+        return (self.api_port, *self.realtime_ports)
+
     def realtime(self, index: int = 0) -> str:
         return f"http://{LOOPBACK}:{self.realtime_ports[index]}"
 
     @classmethod
-    def prepare(cls, services: Services, log_dir: Path, base_env: Mapping[str, str], rate_limits: bool) -> Stack:
+    def prepare(cls, services: Services, log_dir: Path, base_env: Mapping[str, str], rate_limits: bool,
+                tree: Path = REPO, skip_ports: tuple[int, ...] = ()) -> Stack:
         from settings import Settings
         from workers.routing import all_queues
 
-        api_port = free_port(int(base_env.get("BENCH_API_PORT", "18000")))
-        rt_ports = [free_port(api_port + 1)]
-        rt_ports.append(free_port(rt_ports[0] + 1))
+        api_port = free_port(int(base_env.get("BENCH_API_PORT", "18000")), skip_ports)
+        rt_ports = [free_port(api_port + 1, skip_ports)]
+        rt_ports.append(free_port(rt_ports[0] + 1, skip_ports))
         # The balancer's port, for the scenarios that put the realtime processes behind HAProxy.
-        rt_ports.append(free_port(rt_ports[1] + 1))
+        rt_ports.append(free_port(rt_ports[1] + 1, skip_ports))
         env = {k: v for k, v in base_env.items()
                if not k.startswith("QUIZ_") and k not in ("ADMIN_TOKEN", "APP_DATABASE_URL")}
         env.update({
@@ -181,29 +199,41 @@ class Stack:
             "REALTIME_PORT": str(rt_ports[0]),
             "LOG_LEVEL": base_env.get("LOG_LEVEL", "WARNING"),
             "PYTHONUNBUFFERED": "1",
+            # The tree's own modules first, whatever the caller's environment points at.
+            "PYTHONPATH": str(tree),
         })
         if not rate_limits:
             # Every simulated team shares 127.0.0.1 and plays with no think time; see README.
             env.update({"RATE_LIMIT_IP": "0", "RATE_LIMIT_TEAM": "0", "WRONG_ANSWER_LIMIT": "0",
                         "RATE_LIMIT_READ_IP": "0", "RATE_LIMIT_READ_TEAM": "0"})
-        settings = Settings.from_env(env)
         log_dir.mkdir(parents=True, exist_ok=True)
-        return cls(env, log_dir, api_port, rt_ports, all_queues(settings))
+        if tree == REPO:
+            return cls(env, log_dir, api_port, rt_ports, all_queues(Settings.from_env(env)))
+        probed = json.loads(run_in_tree(tree, env, "info", timeout=60).stdout)
+        return cls(env, log_dir, api_port, rt_ports, probed["queues"], tree=tree, probed=probed)
 
     def settings(self) -> Any:
         from settings import Settings
 
+        if self.probed is not None:
+            return SimpleNamespace(**self.probed["settings"])
         return Settings.from_env(self.env)
 
     def spawn(self, name: str, group: str, argv: list[str], env: Mapping[str, str] | None = None) -> Proc:
         log_path = self.log_dir / f"{name}.log"
         env = dict(env or self.env)
         run, child_env = argv, env
-        if self.disguise and group not in ("locust", "spectators"):
-            run = [sys.executable, "-m", "loadtests.launch", name]
-            child_env = dict(env, BENCH_EXEC=json.dumps(argv))
+        if group in ("locust", "spectators"):
+            # The load generator is this tree's, whichever tree the stack runs from.
+            cwd = REPO
+            child_env = dict(env, PYTHONPATH=str(REPO))
+        else:
+            cwd = self.tree
+            if self.disguise and (self.tree / "loadtests" / "launch.py").exists():
+                run = [sys.executable, "-m", "loadtests.launch", name]
+                child_env = dict(env, BENCH_EXEC=json.dumps(argv))
         out = log_path.open("ab")
-        popen = subprocess.Popen(run, cwd=REPO, env=child_env, stdout=out, stderr=subprocess.STDOUT,
+        popen = subprocess.Popen(run, cwd=cwd, env=child_env, stdout=out, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
         out.close()
         proc = Proc(name, group, popen, log_path, argv, env)
@@ -225,21 +255,35 @@ class Stack:
         return revived
 
     def migrate(self) -> None:
+        if self.tree != REPO:
+            done = subprocess.run([sys.executable, "-m", "models.migrate"], cwd=self.tree, env=self.env,
+                                  timeout=300, capture_output=True, text=True, check=False)
+            if done.returncode:
+                raise RuntimeError(f"migrations of {self.tree} failed:\n{done.stderr[-3000:]}")
+            return
         from models.migrate import upgrade
 
         upgrade(self.settings())
 
     def command(self, kind: str, queue: str | None = None, *extra: str, processes_n: int = 1) -> list[str]:
-        """A command line from the one table of process kinds, run from this venv."""
-        import processes
-
-        settings = self.settings().with_overrides(realtime_processes=processes_n)
-        if queue is not None:
-            process = processes.consumer(settings, queue)
+        """A command line from the one table of process kinds (of the stack's tree), run from this venv."""
+        if self.probed is not None:
+            commands = self.probed.get("commands") or LEGACY_COMMANDS
+            argv = list(commands["consumers"][queue] if queue is not None and "consumers" in commands
+                        else commands[kind])
+            if queue is not None:
+                argv = [a.replace("{queue}", queue) for a in argv]
         else:
-            (process,) = processes.expand(processes.kind(kind), settings)
-        program = sys.executable if process.argv[0] == "python" else str(BIN / process.argv[0])
-        return [program, *process.argv[1:], *extra]
+            import processes
+
+            settings = self.settings().with_overrides(realtime_processes=processes_n)
+            if queue is not None:
+                process = processes.consumer(settings, queue)
+            else:
+                (process,) = processes.expand(processes.kind(kind), settings)
+            argv = process.argv
+        program = sys.executable if argv[0] == "python" else str(BIN / argv[0])
+        return [program, *argv[1:], *extra]
 
     def start(self) -> None:
         self.spawn("api", "api", self.command("api"))
@@ -305,8 +349,6 @@ class Stack:
             raise RuntimeError(f"stack process(es) exited: {', '.join(p.name for p in dead)}\n{tails}")
 
     def wait_ready(self, timeout: float = 90.0) -> None:
-        from workers.celery_app import create_celery
-
         deadline = time.monotonic() + timeout
         urls = [self.api + "/readyz"] + [self.realtime(i) + "/healthz" for i, _ in enumerate(self.realtime_ports)
                                          if any(p.name == ("realtime" if i == 0 else f"realtime-{i + 1}")
@@ -324,6 +366,15 @@ class Stack:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{url} not ready in {timeout:.0f} s")
                 time.sleep(0.3)
+        if self.tree != REPO:
+            # Another tree's Celery app may differ from ours: ask it with its own code.
+            done = run_in_tree(self.tree, self.env, "ping", *self.queues, timeout=timeout + 30, check=False)
+            self.check_alive()
+            if done.returncode:
+                raise RuntimeError(f"Celery workers of {self.tree} not ready: {done.stderr[-1000:]}")
+            return
+        from workers.celery_app import create_celery
+
         celery = create_celery(self.settings())
         expected = set(self.queues)
         try:
@@ -339,11 +390,47 @@ class Stack:
             celery.close()
 
 
+# The command lines of a tree without processes.py: the ones 7ac502d's loadtests/stack.py (and
+# its manage.py) ran, with ``{queue}`` filled per consumer.
+LEGACY_COMMANDS: dict[str, list[str]] = {
+    "api": ["gunicorn", "-c", "web/gunicorn_conf.py", "web.wsgi:app"],
+    "consumer": ["celery", "-A", "workers.celery_app", "worker", "-Q", "{queue}", "-c", "1", "-P", "solo",
+                 "-n", "{queue}@%h", "--without-gossip", "--without-mingle", "-l", "WARNING"],
+    "sweeper": ["python", "-m", "workers.sweeper"],
+    "realtime": ["python", "-m", "realtime"],
+}
+
+
+def run_in_tree(tree: Path, env: Mapping[str, str], *args: str, timeout: float,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run loadtests/probe.py (this tree's) against another tree's code."""
+    source = (REPO / "loadtests" / "probe.py").read_text()
+    return subprocess.run([sys.executable, "-c", source, *args], cwd=tree, env=dict(env, PYTHONPATH=str(tree)),
+                          capture_output=True, text=True, timeout=timeout, check=check)
+
+
 def tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+# The stack's process kinds, as CPU per job reports them; the load generator is none of them.
+STACK_KINDS = ("api", "consumers", "sweeper", "realtime", "postgres", "redis")
+
+
+def stack_kind(group: str) -> str | None:
+    """The process kind a sampler group belongs to, or None for the load generator and the rest."""
+    if group in ("api", "reference"):
+        return "api"
+    if group.startswith("worker "):
+        return "consumers"
+    if group.startswith("realtime"):
+        return "realtime"
+    if group in ("sweeper", "postgres", "redis"):
+        return group
+    return None
 
 
 class CpuSampler:
@@ -434,6 +521,15 @@ class CpuSampler:
         idle = (after.idle + after.iowait) - (before.idle + before.iowait)
         total = sum(after) - sum(before)
         return 100.0 * (os.cpu_count() or 1) * (1 - idle / total) if total else 0.0
+
+    def cpu_seconds(self, start: float, end: float) -> tuple[float, float, dict[str, float]]:
+        """CPU seconds each group used between the first and last samples inside ``start``..``end``:
+        (first sample's time, last sample's time, seconds by group)."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return start, end, {}
+        (t0, a, _), (t1, b, _) = inside[0], inside[-1]
+        return t0, t1, {g: b[g] - a.get(g, 0.0) for g in b if g in a or b[g] > 0}
 
     def usage(self, start: float, end: float) -> dict[str, float]:
         """Average CPU of each group between two wall times, in % of one core."""
