@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import psutil
-import requests
 from sqlalchemy import create_engine, text
 
 from loadtests import report
@@ -332,17 +331,8 @@ class Bench:
         self.sampler.add("reference", proc.popen.pid)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                stack.check_alive()
-                try:
-                    if requests.get(url + "/healthz", timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the reference app did not start:\n{tail(proc.log_path)}")
-                time.sleep(0.3)
+            stack.poll(url + "/healthz", time.monotonic() + 60,
+                       lambda: f"the reference app did not start:\n{tail(proc.log_path)}")
             setup_seconds = time.monotonic() - began
             started, ended, code = self._locust(sc, None, key, host=url)
         finally:

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -312,18 +312,25 @@ class Stack:
         for i in range(count):
             # HAProxy answers a cookie naming a process it does not count as up yet from another one,
             # which sets its own cookie: wait until each process is in, so clients spread over all.
-            while True:
-                self.check_alive()
-                try:
-                    resp = requests.get(self.balancer + "/healthz", cookies={"QUIZRT": f"r{i}"}, timeout=2)
-                    if resp.ok and resp.cookies.get("QUIZRT") in (None, f"r{i}"):
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"HAProxy did not count realtime process {i} as up in 60 s")
-                time.sleep(0.3)
+            self.poll(self.balancer + "/healthz", deadline,
+                      lambda i=i: f"HAProxy did not count realtime process {i} as up in 60 s",
+                      ok=lambda resp, i=i: resp.ok and resp.cookies.get("QUIZRT") in (None, f"r{i}"),
+                      cookies={"QUIZRT": f"r{i}"})
         return proc
+
+    def poll(self, url: str, deadline: float, failure: Callable[[], str],
+             ok: Callable[[requests.Response], bool] = lambda resp: resp.status_code == 200, **get: Any) -> None:
+        """GET ``url`` every 0.3 s until ``ok`` holds; raise ``failure()`` at ``deadline`` or if a process died."""
+        while True:
+            self.check_alive()
+            try:
+                if ok(requests.get(url, timeout=2, **get)):
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(failure())
+            time.sleep(0.3)
 
     def stop_proc(self, proc: Proc, timeout: float = 10.0) -> None:
         if proc.popen.poll() is None:
@@ -356,16 +363,7 @@ class Stack:
         if any(p.name == "balancer" for p in self.procs):
             urls.append(self.balancer + "/healthz")
         for url in urls:
-            while True:
-                self.check_alive()
-                try:
-                    if requests.get(url, timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{url} not ready in {timeout:.0f} s")
-                time.sleep(0.3)
+            self.poll(url, deadline, lambda url=url: f"{url} not ready in {timeout:.0f} s")
         if self.tree != REPO:
             # Another tree's Celery app may differ from ours: ask it with its own code.
             done = run_in_tree(self.tree, self.env, "ping", *self.queues, timeout=timeout + 30, check=False)
