@@ -30,6 +30,8 @@ from models.events import Claim, Release, ScoreChange, parse_iso
 from models.live import FrozenBoards, Live, competition_room, iso, organisers_room, team_room, utcnow
 from models.ranking import all_standings, frozen_board, is_frozen
 from models.tables import Competition, Job, Team
+from realtime import fanout
+from realtime.fanout import Broadcaster
 from realtime.metrics import RealtimeMetrics, serve_metrics
 from realtime.server import Runtime
 from settings import Settings
@@ -272,8 +274,9 @@ class Coalescer:
     COMPETITIONS = 1024
 
     def __init__(self, sio: socketio.Server, live: Live, directory: Directory, runtime: Runtime,
-                 interval: float, sequence: Sequence, metrics: RealtimeMetrics) -> None:
+                 interval: float, sequence: Sequence, metrics: RealtimeMetrics, broadcaster: Broadcaster) -> None:
         self.sio = sio
+        self.broadcaster = broadcaster
         self.sequence = sequence
         self.live = live
         self.directory = directory
@@ -368,22 +371,32 @@ class Coalescer:
         if fresh is not None:
             state.info = fresh
 
-    def _emit(self, state: _Pending, event: events.Event, rooms: str | list[str]) -> None:
-        state.sent += 1
-        events.emit(self.sio, event, room=rooms, ignore_queue=True)
-        name = event.__struct_config__.tag
-        oldest = getattr(event, "oldest_at", None) or event.at
-        self.metrics.emitted(str(name), oldest)
-        local = self.sio.manager.rooms.get("/", {})
-        reached = sum(len(local.get(r, ())) for r in ([rooms] if isinstance(rooms, str) else rooms))
-        self.metrics.deliveries.labels(str(name)).inc(reached)
+    def _send(self, state: _Pending, batch: list[tuple[events.Event, list[str]]]) -> None:
+        state.sent += len(batch)
+        reached = self.broadcaster.send(batch)
+        for event, _ in batch:
+            name = event.__struct_config__.tag
+            self.metrics.emitted(str(name), getattr(event, "oldest_at", None) or event.at)
+        for name, count in reached.items():
+            self.metrics.deliveries.labels(str(name)).inc(count)
 
     def _broadcast(self, state: _Pending, changes: list[tuple[str, ScoreChange]],
                    board: list[tuple[str, Claim | Release]], force: bool) -> None:
-        slug = state.info.slug
+        # The competition first (a freeze it missed hides this broadcast from spectators), then
+        # the board; every event is numbered after those reads and sent with no yield after its
+        # number: the reads yield to other greenlets, which may deliver (and number) events
+        # meanwhile, so a number taken before a read would arrive after larger ones, or carry
+        # older standings than a larger one.
+        rows = None
+        if changes or force:
+            self._reload(state)
+            self.directory.ensure_board(state.info.id, self.live)
+            rows = self.live.top(state.info.id, state.info.leaderboard_size)
+        info = state.info
+        slug = info.slug
         everyone = [competition_room(slug), organisers_room(slug)]
+        batch: list[tuple[events.Event, list[str]]] = []
         # Claims and releases in runs of one kind: the latest item's fields, and the whole run.
-        # Numbered when sent, so every client sees increasing numbers.
         for run in _runs(board):
             at, oldest = max(a for a, _ in run), min(a for a, _ in run)
             last = run[-1][1]
@@ -398,28 +411,21 @@ class Coalescer:
                     competition=slug, seq=self.sequence.next(), at=at, oldest_at=oldest,
                     question_id=last.question_id, reason=last.reason,
                     releases=[r for _, r in run])  # type: ignore[misc]
-            self._emit(state, event, everyone)
-        if not changes and not force:
-            return
-        # The competition first (a freeze it missed hides this broadcast from spectators), then
-        # the board, then the number with no yield after the read: the reads yield to other
-        # greenlets, which may deliver (and number) events meanwhile, so a number taken before a
-        # read would arrive after larger ones, or carry older standings than a larger one.
-        self._reload(state)
-        info = state.info
-        self.directory.ensure_board(info.id, self.live)
-        rows = self.live.top(info.id, info.leaderboard_size)
-        now = iso(utcnow())
-        update = events.LeaderboardUpdate(
-            competition=info.slug,
-            seq=self.sequence.next(),
-            at=max((a for a, _ in changes), default=now),
-            oldest_at=min((a for a, _ in changes), default=now),
-            leaderboard=msgspec.convert(rows[: info.leaderboard_size], list[events.Standing]),
-            changes=[c for _, c in changes],
-        )
-        # During a freeze spectators keep the standings at the freeze; organisers watch live.
-        self._emit(state, update, organisers_room(info.slug) if info.frozen() else everyone)
+            batch.append((event, everyone))
+        if rows is not None:
+            now = iso(utcnow())
+            update = events.LeaderboardUpdate(
+                competition=slug,
+                seq=self.sequence.next(),
+                at=max((a for a, _ in changes), default=now),
+                oldest_at=min((a for a, _ in changes), default=now),
+                leaderboard=msgspec.convert(rows[: info.leaderboard_size], list[events.Standing]),
+                changes=[c for _, c in changes],
+            )
+            # During a freeze spectators keep the standings at the freeze; organisers watch live.
+            batch.append((update, [organisers_room(slug)] if info.frozen() else everyone))
+        if batch:
+            self._send(state, batch)
 
     def refresh(self) -> None:
         """Re-read every competition this process serves: repairs a lost settings message."""
@@ -482,7 +488,8 @@ def create_realtime(settings: Settings, runtime: Runtime) -> Any:
         ping_timeout=20,
         max_http_buffer_size=16 * 1024,
     )
-    coalescer = Coalescer(sio, live, directory, runtime, settings.broadcast_interval, sequence, metrics)
+    broadcaster = Broadcaster(sio, runtime.spawn, direct=fanout.install(sio))
+    coalescer = Coalescer(sio, live, directory, runtime, settings.broadcast_interval, sequence, metrics, broadcaster)
 
     boards = FrozenBoards(live)
 
