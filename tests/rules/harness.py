@@ -279,13 +279,13 @@ class Game:
     def ledger(self, team: Team) -> list[tuple[int, str, str | None]]:
         rows = self.session.execute(select(ScoreEvent.delta, ScoreEvent.reason, ScoreEvent.reference)
                                     .where(ScoreEvent.team_id == team.id).order_by(ScoreEvent.id))
-        return [tuple(row) for row in rows]  # type: ignore[misc]
+        return [(delta, reason, reference) for delta, reason, reference in rows]
 
     def claims(self, competition: Competition) -> dict[str, int]:
         """Question code -> the team holding it."""
         rows = self.session.execute(select(Question.code, Claim.team_id).join(Claim, Claim.question_id == Question.id)
                                     .where(Question.competition_id == competition.id))
-        return dict(rows.tuples())
+        return {code: team_id for code, team_id in rows}
 
     def boxes(self, team: Team) -> list[MysteryBox]:
         return list(self.session.scalars(select(MysteryBox).where(MysteryBox.team_id == team.id)
