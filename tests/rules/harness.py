@@ -194,17 +194,27 @@ class Game:
 
     def apply(self, job: Job) -> Outcome:
         """Apply one recorded job as a consumer's batch of one would, then check the invariants."""
+        (outcome,) = self.apply_batch([job])
+        return outcome
+
+    def apply_batch(self, jobs: list[Job]) -> list[Outcome]:
+        """Apply jobs of one queue in one batch, as ``workers.jobs`` does: their teams locked and
+        loaded once up front, then each job in order of its createdAt; the invariants after each."""
         session = self.session
-        # A batch starts on a fresh session: nothing cached from an earlier job or a factory.
+        # A batch starts on a fresh session: nothing cached from an earlier batch or a factory.
         session.flush()
         session.expire_all()
         session.info.pop(rules.BATCH_CLOCK, None)
         session.info.pop(rules.BATCH_TEAMS, None)
         session.info[rules.SETTINGS] = self.settings
+        batch = sorted(jobs, key=lambda j: j.created_at)
+        rules.lock_teams(session, {j.team_id for j in batch if j.team_id is not None})
+        return [self._apply_one(job) for job in batch]
+
+    def _apply_one(self, job: Job) -> Outcome:
+        session = self.session
         competition = session.get(Competition, job.competition_id)
         assert competition is not None
-        if job.team_id is not None:
-            rules.lock_teams(session, {job.team_id})
         rule = getattr(rules, job.kind)
         outbox = rules.Outbox()
         result: dict[str, Any] | None = None
