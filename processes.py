@@ -86,6 +86,31 @@ def balancer_config_path(settings: Settings) -> Path:
     return Path(tempfile.gettempdir()) / f"quiz-realtime-{settings.realtime_port}.haproxy.cfg"
 
 
+BALANCER_MAXCONN = 100_000
+
+
+def balancer_maxconn() -> int:
+    """How many clients HAProxy may hold: each proxied connection takes two descriptors, and
+    HAProxy refuses to start above its descriptor limit, so that limit is raised first where
+    this process may (root, or a hard limit already high enough)."""
+    want = 2 * BALANCER_MAXCONN + 200
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+        except (ValueError, OSError):
+            pass
+    elif soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return BALANCER_MAXCONN
+    return max(1000, min(BALANCER_MAXCONN, (hard - 200) // 2))
+
+
 def balancer_config(settings: Settings) -> str:
     """HAProxy in front of the realtime processes.
 
@@ -98,15 +123,15 @@ def balancer_config(settings: Settings) -> str:
         f"    server realtime-{i} {address} check inter 2s fall 2 rise 1 cookie r{i}"
         for i, address in enumerate(backends(settings))
     )
-    # Each proxied connection holds two descriptors; HAProxy refuses to start above the limit.
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    maxconn = 100_000 if hard == resource.RLIM_INFINITY else max(1000, (hard - 200) // 2)
+    maxconn = balancer_maxconn()
     return f"""# Written by processes.py for REALTIME_PROCESSES={settings.realtime_processes}; do not edit.
 global
     maxconn {maxconn}
 
 defaults
     mode http
+    # Stated here too: a frontend's own limit would otherwise be HAProxy's default, not the global one.
+    maxconn {maxconn}
     timeout connect 5s
     # Above Engine.IO's ping interval + timeout (25 s + 20 s), so an idle poll is not cut.
     timeout client 60s
