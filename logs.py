@@ -40,7 +40,7 @@ def current_request_id() -> str | None:
     found = _request_id.get()
     if found is not None:
         return found
-    # Inside a Celery task the id travels as a message header (workers/enqueue.py).
+    # Inside a Celery task the id travels as a message header (models/broker.py).
     state = sys.modules.get("celery._state")
     task = state.get_current_task() if state is not None else None
     if task is not None and task.request is not None:

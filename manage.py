@@ -100,8 +100,8 @@ def _processes() -> Any:
 
 def worker_queues(env: Mapping[str, str]) -> list[str]:
     """Every Celery queue; each gets exactly one single-threaded consumer (DESIGN.md, "Serial per queue")."""
+    from models.kinds import all_queues
     from settings import Settings
-    from workers.routing import all_queues
 
     return list(all_queues(Settings.from_env(env)))
 

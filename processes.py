@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.kinds import all_queues
 from settings import Settings
-from workers.routing import all_queues
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("consumer",
          ("celery", "-A", "workers.celery_app", "worker", "-Q", "{queue}", "-c", "1", "-P", "solo",
           "-n", "{queue}@%h", "--without-gossip", "--without-mingle", "-l", "{log_level}"),
-         "exactly one per queue: registrations, board.N, mystery.N", restart=True, instances=_per_queue),
+         "exactly one per queue: registrations, board.N, competition.N", restart=True, instances=_per_queue),
     Kind("sweeper", ("python", "-m", "workers.sweeper"), "one", restart=True, instances=_one("sweeper")),
     Kind("realtime", ("python", "-m", "realtime"), "REALTIME_PROCESSES (1)", restart=True, instances=_realtime),
     Kind("balancer", ("python", "-m", "processes", "balancer"),

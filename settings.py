@@ -121,8 +121,9 @@ class Settings:
     board_queues: int = setting(
         4, "Number of `board.N` queues (claims and answers, routed by question); one consumer each.",
         f"{API}, {WORKERS}, {SWEEPER}, {LAUNCHER}")
-    mystery_shards: int = setting(
-        1, "Number of `mystery.N` queues (mystery-box draws, routed by competition); one consumer each.",
+    competition_queues: int = setting(
+        1, "Number of `competition.N` queues (a competition's mystery boxes and organiser jobs, routed by "
+        "competition); one consumer each. The old name `MYSTERY_SHARDS` is still read when this is unset.",
         f"{API}, {WORKERS}, {SWEEPER}, {LAUNCHER}")
     api_host: str = setting("127.0.0.1", "Address the API binds to; Flower binds to the same one under `manage.py`.",
                             f"{API}, {LAUNCHER}")
@@ -287,7 +288,9 @@ class Settings:
             redis_url=env.get("REDIS_URL", cls.redis_url),
             admin_token=admin_token,
             board_queues=_int(env, "BOARD_QUEUES", cls.board_queues, minimum=1),
-            mystery_shards=_int(env, "MYSTERY_SHARDS", cls.mystery_shards, minimum=1),
+            # MYSTERY_SHARDS is this setting's name before the queues were renamed competition.N.
+            competition_queues=_int(env, "COMPETITION_QUEUES" if env.get("COMPETITION_QUEUES") else "MYSTERY_SHARDS",
+                                    cls.competition_queues, minimum=1),
             api_host=api_host,
             api_port=_int(env, "API_PORT", cls.api_port, minimum=1),
             api_workers=_int(env, "API_WORKERS", cls.api_workers, minimum=1),

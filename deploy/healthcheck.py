@@ -39,10 +39,10 @@ def _worker_node_name() -> str:
 
 
 def _celery(settings: Settings) -> None:
-    from workers.celery_app import create_celery
+    from models.broker import producer
 
     name = _worker_node_name()
-    replies = create_celery(settings).control.ping(destination=[name], timeout=TIMEOUT)
+    replies = producer(settings).control.ping(destination=[name], timeout=TIMEOUT)
     if not any(name in reply for reply in replies):
         raise RuntimeError(f"{name} did not answer a ping within {TIMEOUT:.0f} s")
 

@@ -18,12 +18,16 @@ sys.path.insert(0, os.getcwd())
 
 def _info() -> dict:
     from settings import Settings
-    from workers.routing import all_queues
+
+    try:
+        from models.kinds import all_queues
+    except ImportError:  # a tree from before the job-kind registry
+        from workers.routing import all_queues
 
     settings = Settings.from_env(os.environ)
     queues = all_queues(settings)
-    fields = ("database_url", "api_workers", "api_threads", "board_queues", "mystery_shards", "db_pool_size",
-              "broadcast_interval", "environment")
+    fields = ("database_url", "api_workers", "api_threads", "board_queues", "competition_queues", "mystery_shards",
+              "db_pool_size", "broadcast_interval", "environment")
     out = {"queues": queues, "settings": {f: getattr(settings, f, None) for f in fields}, "commands": None}
     try:
         import processes

@@ -34,10 +34,11 @@ REPLACED = {
 }
 
 GROUP_ORDER = ["api", "reference", "worker registrations", "worker board.0", "worker board.1", "worker board.2",
-               "worker board.3", "worker mystery.0", "sweeper", "realtime", "realtime-2", "postgres", "redis",
-               "locust", "spectators", "bench", "other", "machine"]
-SHORT = {"worker registrations": "reg", "worker mystery.0": "mys.0", "postgres": "pg", "spectators": "spect",
-         "machine": "machine"}
+               "worker board.3", "worker competition.0", "worker mystery.0", "sweeper", "realtime", "realtime-2",
+               "postgres", "redis", "locust", "spectators", "bench", "other", "machine"]
+# mystery.0 is competition.0's name in trees before the job-kind registry (bench --compare).
+SHORT = {"worker registrations": "reg", "worker competition.0": "comp.0", "worker mystery.0": "mys.0", "postgres": "pg",
+         "spectators": "spect", "machine": "machine"}
 
 
 def load_samples(raw: Path, key: str) -> dict[str, Any]:
@@ -115,7 +116,7 @@ def machine(settings: Any, env: dict[str, str], *, smoke: bool, elapsed: float, 
             "api_workers": getattr(settings, "api_workers", None),
             "api_threads": getattr(settings, "api_threads", None),
             "board_queues": getattr(settings, "board_queues", None),
-            "mystery_shards": getattr(settings, "mystery_shards", None),
+            "competition_queues": getattr(settings, "competition_queues", getattr(settings, "mystery_shards", None)),
             "db_pool_size": getattr(settings, "db_pool_size", None),
             "broadcast_interval": getattr(settings, "broadcast_interval", None),
             "environment": getattr(settings, "environment", None),
@@ -516,7 +517,8 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
         f"{meta['platform']}, {meta['postgres']}")
     s = meta["settings"]
     add(f"- stack: QUIZ_ENV={s['environment']}, gunicorn {s['api_workers']} workers x {s['api_threads']} threads, "
-        f"{s['board_queues']} board queues + registrations + {s['mystery_shards']} mystery queue(s), one solo "
+        f"{s['board_queues']} board queues + registrations + "
+        f"{s.get('competition_queues', s.get('mystery_shards'))} competition queue(s), one solo "
         f"Celery consumer each, sweeper, realtime (eventlet); DB pool {s['db_pool_size']}; public broadcasts "
         f"coalesced every {s['broadcast_interval']} s; rate limits {'on' if meta['rate_limits'] else 'off'}")
     add("- load generator on the same 2 cores: one Locust process (FastHttpUser, no think time) and the "

@@ -176,8 +176,8 @@ class Stack:
     @classmethod
     def prepare(cls, services: Services, log_dir: Path, base_env: Mapping[str, str], rate_limits: bool,
                 tree: Path = REPO, skip_ports: tuple[int, ...] = ()) -> Stack:
+        from models.kinds import all_queues
         from settings import Settings
-        from workers.routing import all_queues
 
         api_port = free_port(int(base_env.get("BENCH_API_PORT", "18000")), skip_ports)
         rt_ports = [free_port(api_port + 1, skip_ports)]

@@ -178,18 +178,6 @@ class Live:
     def clear(self, competition_id: int) -> None:
         self.redis.delete(*self._keys(competition_id))
 
-    def wake(self, queue: str, ttl_ms: int = 2000) -> bool:
-        """Whether a job just committed on ``queue`` needs a broker message to wake its worker.
-
-        A worker clears the flag before it looks for waiting jobs, so a job committed while the
-        flag is set is found by the batch of the message that set it. The TTL bounds what a
-        message lost between the flag and the broker can delay (the sweeper covers the rest).
-        """
-        return bool(self.redis.set(f"{self.prefix}:wake:{queue}", "1", nx=True, px=ttl_ms))
-
-    def clear_wake(self, queue: str) -> None:
-        self.redis.delete(f"{self.prefix}:wake:{queue}")
-
     def _wrong_key(self, team_id: int) -> str:
         return f"{self.prefix}:wrong:{team_id}:{int(time.time() // 60)}"
 

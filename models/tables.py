@@ -27,6 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from models.kinds import KIND_NAMES
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -40,8 +42,8 @@ DIFFICULTIES = ("EASY", "MEDIUM", "HARD")
 QUESTION_KINDS = ("board", "mystery")
 BOX_STATES = ("open", "answered", "forfeited")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed")
-JOB_KINDS = ("register", "claim", "submit", "mystery_buy", "mystery_forfeit", "adjust", "team_update",
-             "claim_release", "mystery_expire")
+# The jobs table's CHECK constraint reads the registry; a new kind needs a migration that widens it.
+JOB_KINDS = KIND_NAMES
 RELEASE_REASONS = ("expired", "disqualified", "organiser")
 AUDIT_OUTCOMES = ("applied", "refused")
 

@@ -23,12 +23,12 @@ from celery import Celery
 from sqlalchemy import Engine, create_engine, pool, text
 from sqlalchemy.engine import make_url
 
+from models.broker import producer
+from models.kinds import all_queues
 from models.migrate import upgrade
 from settings import Settings
 from tests.support import ADMIN_TOKEN, Api, Db, Listener, Stack, free_port, unique
-from workers.celery_app import create_celery
 from workers.jobs import WorkerContext
-from workers.routing import all_queues
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -103,7 +103,7 @@ def _test_env(server_url: str, redis_url: str) -> Iterator[dict[str, str]]:
         "ADMIN_TOKEN": ADMIN_TOKEN,
         "QUIZ_ENV": "test",
         "BOARD_QUEUES": "4",
-        "MYSTERY_SHARDS": "1",
+        "COMPETITION_QUEUES": "1",
         "API_HOST": "127.0.0.1",
         "API_PORT": str(api_port),
         "API_WORKERS": "2",
@@ -185,7 +185,7 @@ def db(engine: Engine) -> Db:
 @pytest.fixture
 def celery(settings: Settings) -> Iterator[Celery]:
     """A Celery app on the test broker, for sending messages as the API or the sweeper would."""
-    app = create_celery(settings)
+    app = producer(settings)
     yield app
     app.close()
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
+from models.kinds import all_queues
 from settings import Settings
 from tests.conftest import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, _test_env, redis_db_lease, redis_url_with_db
 from tests.integration.test_pages import CHROMIUM_ARGS, PHONE, PROJECTOR
 from tests.support import Api, Stack, answer_of, questions
-from workers.routing import all_queues
 
 TEAMS = ["Quizzly Bears", "The Know-It-Owls", "Les Quizérables", "Agatha Quiztie", "Pi Rates",
          "Trivia Newton-John", "Universally Challenged", "Tequila Mockingbird", "Sherlock Homies",

@@ -31,9 +31,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import processes
 from models.events import from_wire
+from models.kinds import task_name
 from models.tables import Competition, Job, ScoreEvent, Team
 from settings import Settings
-from workers.routing import TASK_FOR_KIND
 
 T = TypeVar("T")
 
@@ -746,4 +746,4 @@ def insert_job(db: Db, *, competition_id: int, kind: str, queue: str, token: str
 
 def send(celery: Celery, job_id: str, kind: str, queue: str) -> str:
     """Deliver a job's message (again), as the API or the sweeper does; returns the Celery task id."""
-    return str(celery.send_task(TASK_FOR_KIND[kind], kwargs={"job_id": job_id}, queue=queue).id)
+    return str(celery.send_task(task_name(kind), kwargs={"job_id": job_id}, queue=queue).id)

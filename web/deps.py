@@ -10,11 +10,11 @@ from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.broker import producer
 from models.db import make_autocommit_sessionmaker, make_engine, make_sessionmaker
 from models.live import Live, redis_client
 from settings import Settings
 from web.waiter import JobWaiter
-from workers.celery_app import create_celery
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Deps:
     autocommit: sessionmaker[Session]
     redis: redis.Redis
     live: Live
+    # Sends job messages only (models/broker.py): the API runs no task.
     celery: Celery
     waiter: JobWaiter
     sio: socketio.RedisManager
@@ -41,7 +42,7 @@ class Deps:
             autocommit=make_autocommit_sessionmaker(engine),
             redis=client,
             live=live,
-            celery=create_celery(settings),
+            celery=producer(settings),
             waiter=JobWaiter(
                 redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=30),
                 live.jobs_channel,

@@ -13,7 +13,12 @@ import falcon
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from models.kinds import KIND_NAMES
 from web import schemas as s
+
+# Every job kind, from the registry; a kind added there appears in the document.
+JobKindName = Annotated[Literal[KIND_NAMES], Meta(description=(  # type: ignore[valid-type]
+    "The job's kind; Flower lists the job's task as quiz.jobs.<kind>"))]
 
 
 class Out(msgspec.Struct, rename="camel", kw_only=True):
@@ -52,7 +57,7 @@ class JobAccepted(Out):
 
 class JobView(Out):
     job_id: str
-    kind: str
+    kind: JobKindName
     status: Literal["queued", "running", "succeeded", "failed"]
     created_at: Annotated[str | None, Meta(description="When the API accepted the job; deadlines are judged by it")]
     finished_at: Annotated[str | None, Meta(description=(

@@ -9,34 +9,14 @@ from celery import Celery
 from celery.signals import setup_logging
 
 import logs
+from models.broker import celery_config
 from settings import Settings
 
 
 def create_celery(settings: Settings) -> Celery:
+    # The producers' configuration (models/broker.py) plus the tasks, generated from the job kinds.
     app = Celery("quiz", broker=settings.redis_url, include=["workers.tasks"])
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        task_ignore_result=True,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        # One job at a time per consumer: the serial-per-queue guarantee and acks_late
-        # together mean a killed worker's job is redelivered, not lost.
-        worker_prefetch_multiplier=1,
-        worker_hijack_root_logger=False,
-        broker_connection_retry_on_startup=True,
-        broker_transport_options={
-            # A job's row is the truth; if a message is not acked in this time (worker hung
-            # or killed) Redis redelivers it and the worker finds the job done or redoes it.
-            "visibility_timeout": 300,
-            "socket_timeout": 5,
-            "socket_connect_timeout": 5,
-        },
-        task_default_queue="registrations",
-        task_create_missing_queues=True,
-        worker_send_task_events=True,
-        task_send_sent_event=False,
-    )
+    app.conf.update(celery_config(settings))
     app.conf.quiz_settings = settings
     if settings.log_format == "json":
 

@@ -1,14 +1,15 @@
 """Running jobs: idempotent, serial per queue, then the after-commit announcements.
 
-A message names one job, but the worker takes that job together with the other jobs
-already waiting on its queue (oldest first, ``worker_batch_size`` per transaction, until none
-is left) and applies them, each with its own result: inside its own savepoint, unless the
-rule's only write comes after every check. A job that has a message of its own finds itself
-finished when the message arrives and does nothing; while a queue is busy the API sends no
-message for most jobs at all (``Live.wake``). Batching keeps the per-queue order and the
-one-consumer-per-queue guarantee, and turns N commits, N job updates, N Redis round trips and
-N broker messages into a few: the batch locks and loads its teams and reads the clock in one
-statement, and writes every job's outcome in one executemany.
+Every job has a message of its own, so Flower lists each one under its kind with its outcome,
+and a queue's length in the broker is its backlog. A message names one job, but the worker
+takes that job together with the other jobs already waiting on its queue (oldest first,
+``worker_batch_size`` per transaction, until none is left) and applies them, each with its own
+result: inside its own savepoint, unless the kind declares it needs none (``models.kinds``).
+The messages of the jobs a batch took then find their job finished and ack at once: the worker
+remembers the outcomes it has just committed, so such a message costs no database read.
+Batching keeps the per-queue order and the one-consumer-per-queue guarantee, and turns N
+commits, N job updates and N Redis round trips into a few: the batch locks and loads its teams
+and reads the clock in one statement, and writes every job's outcome in one executemany.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
@@ -29,26 +30,26 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 import logs
 from models import failpoints, metrics
+from models.broker import enqueue, producer
 from models.db import make_autocommit_sessionmaker, make_engine, make_sessionmaker
+from models.kinds import KINDS
 from models.live import Live, iso, utcnow
 from models.tables import Competition, Job
 from settings import Settings
-from workers.celery_app import create_celery
-from workers.enqueue import enqueue
 from workers.publish import Announcement, Publisher
 from workers.rules import RULES, SETTINGS, GameError, Outbox, audit, audited_action, lock_teams
 
 log = logging.getLogger(__name__)
 
 FINISHED = ("succeeded", "failed")
-# Rules whose only write is one statement, made after every check: a refusal has written
-# nothing, so they need no savepoint (two round trips fewer per job).
-SINGLE_WRITE = frozenset({"register", "claim"})
 MAX_ATTEMPTS = 3
+# How many committed outcomes a worker remembers for the messages still to come; a message whose
+# job is not among them reads the job's row instead (one primary-key lookup).
+REMEMBERED = 20_000
 
 
 # Built once and run with bound parameters (building costs more CPU than a quiet queue's job).
-_JOB_STATUS = select(Job.status, Job.queue).where(Job.id == bindparam("job_id"))
+_JOB_STATUS = select(Job.status, Job.queue, Job.error).where(Job.id == bindparam("job_id"))
 _ANY_QUEUED = select(exists().where(Job.queue == bindparam("queue"), Job.status == "queued"))
 _LOCK_JOB = select(Job).where(Job.id == bindparam("job_id")).with_for_update()
 # The waiting jobs besides the named one (``job_id`` may be NULL: ``IS DISTINCT FROM`` keeps them all).
@@ -74,13 +75,21 @@ class WorkerContext:
     live: Live
     publisher: Publisher
     _celery: Celery | None = None
+    # Outcomes this process committed whose message has not come yet, oldest first (see run_job).
+    finished: dict[uuid.UUID, str] = field(default_factory=dict)
 
     @property
     def celery(self) -> Celery:
         """For jobs a job creates (a disqualification's releases); built on first use."""
         if self._celery is None:
-            self._celery = create_celery(self.settings)
+            self._celery = producer(self.settings)
         return self._celery
+
+    def remember(self, outcomes: dict[uuid.UUID, str]) -> None:
+        self.finished.update(outcomes)
+        # Messages that never come (a job with none, a message lost) must not grow this forever.
+        for _ in range(len(self.finished) - REMEMBERED):
+            del self.finished[next(iter(self.finished))]
 
     @classmethod
     def create(cls, settings: Settings) -> WorkerContext:
@@ -104,11 +113,11 @@ def _tally(batch: list[Job], run_seconds: dict[uuid.UUID, float], queue: str, *,
     if batched:
         tally.observe(metrics.BATCH_SIZE, (queue,), len(batch))
     for job in batch:
-        outcome = job.status if job.status in FINISHED else "retried"
-        tally.inc(metrics.CONSUMER_JOBS, (queue, job.kind, outcome))
+        state = job.status if job.status in FINISHED else "retried"
+        tally.inc(metrics.CONSUMER_JOBS, (queue, job.kind, state))
         if job.id in run_seconds:
             tally.observe(metrics.JOB_RUN, (job.kind,), run_seconds[job.id])
-        if outcome != "retried" and job.finished_at is not None:
+        if state != "retried" and job.finished_at is not None:
             tally.observe(metrics.JOB_VISIBLE, (job.kind,), (job.finished_at - job.created_at).total_seconds())
     return tally
 
@@ -124,8 +133,9 @@ def _apply(session: Session, job: Job, done: list[dict[str, Any]]) -> Announceme
     started = job.started_at or utcnow()
     # Job columns are written once, after the rule, so each job costs a single UPDATE.
     rule = RULES[job.kind]
+    savepoint = KINDS[job.kind].savepoint
     try:
-        if job.kind in SINGLE_WRITE:
+        if not savepoint:
             result = rule(session, competition, job, outbox)
         else:
             with session.begin_nested():
@@ -136,7 +146,7 @@ def _apply(session: Session, job: Job, done: list[dict[str, Any]]) -> Announceme
         result, status, error = None, "failed", {"code": refusal.code, "message": refusal.message}
         _audit_refusal(session, job, error)
     except DBAPIError as exc:
-        if exc.connection_invalidated or job.kind in SINGLE_WRITE:
+        if exc.connection_invalidated or not savepoint:
             # Without a savepoint the transaction is aborted: the whole batch is retried.
             raise
         # The savepoint is rolled back; the rest of the batch is unaffected.
@@ -168,28 +178,35 @@ def _audit_refusal(session: Session, job: Job, error: dict[str, str]) -> None:
         audit(session, job, action[0], action[1], None, {"request": job.payload, "error": error}, "refused")
 
 
-def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> str | None:
+def outcome(status: str, error: dict[str, Any] | None) -> str:
+    """A finished job's outcome as its task returns it, so Flower shows it: ``failed: <code>``."""
+    if status == "failed":
+        return f"failed: {(error or {}).get('code', 'unknown')}"
+    return status
+
+
+def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> str:
     """Apply the named job exactly once, and every job waiting on its queue with it.
 
-    Returns the named job's final status, or None if it had already been applied.
+    Returns the named job's outcome (``succeeded``, ``failed: <code>``), also when an earlier
+    batch or another process applied it; ``missing`` if there is no such job (purged).
     """
+    known = ctx.finished.pop(job_id, None)
+    if known is not None:
+        # This process committed it in a batch that another message woke: nothing to read.
+        return known
     with ctx.autocommit() as session:
         row = session.execute(_JOB_STATUS, {"job_id": job_id}).one_or_none()
     if row is None:
         log.warning("job %s does not exist; dropping the message", job_id)
-        return None
-    # From here on every job committed before this point is picked up below, so the API may
-    # again send a message for the next job (see Live.wake).
-    try:
-        ctx.live.clear_wake(row.queue)
-    except Exception:
-        # A flag left set expires on its own; this batch still takes what is waiting.
-        log.warning("could not clear the wake flag of %s", row.queue, exc_info=True)
-    named = None if row.status in FINISHED else job_id
-    status, taken = _run_batch(ctx, named, row.queue)
+        return "missing"
+    if row.status in FINISHED:
+        return outcome(row.status, row.error)
+    result, taken = _run_batch(ctx, job_id, row.queue)
     while taken >= ctx.settings.worker_batch_size:
         _, taken = _run_batch(ctx, None, row.queue)
-    return status
+    assert result is not None
+    return result
 
 
 def drain(ctx: WorkerContext, queue: str) -> int:
@@ -209,21 +226,24 @@ def drain(ctx: WorkerContext, queue: str) -> int:
 def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str) -> tuple[str | None, int]:
     """One transaction over the named job (if any) and the oldest waiting jobs of the queue.
 
-    Returns the named job's status if this batch applied it, and how many jobs it took.
+    Returns the named job's outcome (None if no job was named), and how many jobs it took.
     """
     if job_id is None:
         with ctx.autocommit() as session:
             if not session.scalar(_ANY_QUEUED, {"queue": queue}):
                 return None, 0
     announcements: list[Announcement] = []
-    status: str | None = None
+    named: str | None = None
     crashed = False
     with ctx.sessions.begin() as session:
         session.info[SETTINGS] = ctx.settings
         batch: list[Job] = []
         if job_id is not None:
             job = session.execute(_LOCK_JOB, {"job_id": job_id}).scalar_one()
-            if job.status not in FINISHED:
+            if job.status in FINISHED:
+                # Another process applied it since this one read its status.
+                named = outcome(job.status, job.error)
+            else:
                 batch.append(job)
         limit = ctx.settings.worker_batch_size - len(batch)
         batch += session.scalars(_TAKE_QUEUED, {"queue": queue, "job_id": job_id, "limit": limit}).all()
@@ -241,9 +261,12 @@ def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str) -> tupl
                 announcements.append(announcement)
             elif item.id == job_id:
                 crashed = True
-            if item.id == job_id and item.status in FINISHED:
-                status = item.status
         _write_jobs(session, done, {j.id: j for j in batch})
+    outcomes = {j.id: outcome(j.status, j.error) for j in batch if j.status in FINISHED}
+    if job_id is not None and job_id in outcomes:
+        named = outcomes.pop(job_id)
+    # Committed: the other jobs' messages, still to come, can be answered without a read.
+    ctx.remember(outcomes)
     failpoints.pause(ctx.settings, f"consumer-after-commit.{queue}")
     if announcements:
         ctx.publisher.announce_all(announcements, utcnow())
@@ -253,7 +276,7 @@ def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str) -> tupl
         _tally(batch, run_seconds, queue).flush(ctx.live.redis, ctx.settings.redis_prefix)
     if crashed:
         raise JobCrashed(f"job {job_id} crashed; retrying")
-    return status, len(batch)
+    return named, len(batch)
 
 
 def _send_created_jobs(ctx: WorkerContext, announcements: list[Announcement]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hmac
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,6 +36,19 @@ from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models import events
+from models.kinds import (
+    ADJUST,
+    CLAIM,
+    CLAIM_RELEASE,
+    KINDS,
+    MYSTERY_BUY,
+    MYSTERY_EXPIRE,
+    MYSTERY_FORFEIT,
+    REGISTER,
+    SUBMIT,
+    TEAM_UPDATE,
+    JobKind,
+)
 from models.live import iso
 from models.names import name_key
 from models.ranking import rank_of
@@ -51,7 +65,6 @@ from models.tables import (
     Team,
 )
 from settings import Settings
-from workers.routing import board_queue, mystery_queue
 
 
 class GameError(Exception):
@@ -90,6 +103,34 @@ class Outbox:
     released: list[events.Release] = field(default_factory=list)
     # (job id, kind, queue): jobs this one created, to be sent to their queues after the commit.
     enqueue: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+Rule = Callable[[Session, Competition, Job, Outbox], dict[str, Any]]
+# Each kind's implementation, filled by @rule as this module is imported.
+RULES: dict[str, Rule] = {}
+
+
+def rule(kind: JobKind) -> Callable[[Rule], Rule]:
+    """Attach a function as the rule of ``kind`` (declared, with its queue family and whether it
+    runs in a savepoint, in ``models.kinds``)."""
+
+    def register_rule(function: Rule) -> Rule:
+        if kind.name in RULES:
+            raise RuntimeError(f"job kind {kind.name!r} has two rules: {RULES[kind.name].__name__} and "
+                               f"{function.__name__}")
+        if KINDS.get(kind.name) is not kind:
+            raise RuntimeError(f"job kind {kind.name!r} is not declared in models.kinds")
+        RULES[kind.name] = function
+        return function
+
+    return register_rule
+
+
+def check_rules() -> None:
+    """Every declared kind has exactly one rule (a worker refuses to start otherwise)."""
+    missing = sorted(set(KINDS) - set(RULES))
+    if missing:
+        raise RuntimeError(f"job kind(s) without a rule in workers.rules: {', '.join(missing)}")
 
 
 _SPACES = re.compile(r"\s+")
@@ -249,6 +290,7 @@ def _question_view(q: Question) -> dict[str, Any]:
 # -- registration ---------------------------------------------------------------------
 
 
+@rule(REGISTER)
 def register(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
     if competition.state not in ("open", "running"):
         raise GameError("registration_closed", f"registration is closed while the competition is {competition.state}")
@@ -349,6 +391,7 @@ def _lost_to_expiry(session: Session, team_id: int, question_id: int) -> bool:
         ClaimRelease.team_id == team_id, ClaimRelease.question_id == question_id, ClaimRelease.reason == "expired"))))
 
 
+@rule(CLAIM)
 def claim(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
     _require_running(competition)
     team = _lock_team(session, job.team_id)
@@ -378,6 +421,7 @@ def claim(session: Session, competition: Competition, job: Job, outbox: Outbox) 
     return _question_view(question)
 
 
+@rule(SUBMIT)
 def submit(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
     _require_running(competition)
     team = _lock_team(session, job.team_id)
@@ -484,6 +528,7 @@ def _draw_mystery_statement() -> Any:
 _DRAW_MYSTERY = _draw_mystery_statement()
 
 
+@rule(MYSTERY_BUY)
 def mystery_buy(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
     _require_running(competition)
     team = _lock_team(session, job.team_id)
@@ -521,6 +566,7 @@ def mystery_buy(session: Session, competition: Competition, job: Job, outbox: Ou
     }
 
 
+@rule(MYSTERY_FORFEIT)
 def mystery_forfeit(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
     team = _lock_team(session, job.team_id)
     if team.disqualified:
@@ -583,6 +629,7 @@ def audited_action(job: Job) -> tuple[str, str | None] | None:
     return None
 
 
+@rule(ADJUST)
 def adjust(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
     team = _target_team(session, competition, job.payload["teamId"])
     delta = int(job.payload["delta"])
@@ -594,6 +641,7 @@ def adjust(session: Session, competition: Competition, job: Job, outbox: Outbox)
     return {**_team_summary(session, team), "delta": delta, "reason": reason}
 
 
+@rule(TEAM_UPDATE)
 def team_update(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
     team = _target_team(session, competition, job.payload["teamId"])
     before = {"teamName": team.name, "disqualified": team.disqualified}
@@ -636,7 +684,7 @@ def _name_taken(name: str) -> GameError:
 
 def _release_everything_of(session: Session, competition: Competition, team: Team,
                            outbox: Outbox) -> dict[str, Any]:
-    """A disqualified team's open box is forfeited here (this is its mystery queue); its unanswered
+    """A disqualified team's open box is forfeited here (this is its competition queue); its unanswered
     claims are released by jobs on their questions' board queues, serialised with the answers."""
     forfeited = session.scalars(
         update(MysteryBox)
@@ -678,18 +726,19 @@ def _schedule(session: Session, outbox: Outbox, *, competition_id: int, kind: st
 
 def schedule_claim_release(session: Session, settings: Settings, competition_id: int, team_id: int, claim_id: int,
                            code: str, reason: str, outbox: Outbox) -> None:
-    _schedule(session, outbox, competition_id=competition_id, kind="claim_release",
-              queue=board_queue(settings, competition_id, code), team_id=team_id,
+    _schedule(session, outbox, competition_id=competition_id, kind=CLAIM_RELEASE.name,
+              queue=CLAIM_RELEASE.queue(settings, competition_id, code), team_id=team_id,
               payload={"questionId": code, "claimId": claim_id, "reason": reason}, key=f"release:{claim_id}")
 
 
 def schedule_box_expiry(session: Session, settings: Settings, competition_id: int, team_id: int, box_id: int,
                         outbox: Outbox) -> None:
-    _schedule(session, outbox, competition_id=competition_id, kind="mystery_expire",
-              queue=mystery_queue(settings, competition_id), team_id=team_id,
+    _schedule(session, outbox, competition_id=competition_id, kind=MYSTERY_EXPIRE.name,
+              queue=MYSTERY_EXPIRE.queue(settings, competition_id), team_id=team_id,
               payload={"boxId": box_id, "reason": "expired"}, key=f"expire-box:{box_id}")
 
 
+@rule(CLAIM_RELEASE)
 def claim_release(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
     """Put a claimed, unanswered question back on the board (on the question's own board queue,
     so it is serialised with every answer to it)."""
@@ -725,6 +774,7 @@ def claim_release(session: Session, competition: Competition, job: Job, outbox: 
     return result
 
 
+@rule(MYSTERY_EXPIRE)
 def mystery_expire(session: Session, competition: Competition, job: Job, outbox: Outbox) -> dict[str, Any]:
     """Forfeit a box left open past the claim timeout (no refund); its question goes back to the pool."""
     box = session.scalar(
@@ -742,14 +792,4 @@ def mystery_expire(session: Session, competition: Competition, job: Job, outbox:
     return {"boxId": box.id, "teamId": box.team_id, "state": "forfeited", "reason": "expired", "refundedPoints": 0}
 
 
-RULES = {
-    "register": register,
-    "claim": claim,
-    "submit": submit,
-    "mystery_buy": mystery_buy,
-    "mystery_forfeit": mystery_forfeit,
-    "adjust": adjust,
-    "team_update": team_update,
-    "claim_release": claim_release,
-    "mystery_expire": mystery_expire,
-}
+check_rules()

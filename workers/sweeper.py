@@ -7,7 +7,7 @@ live competitions from PostgreSQL, which repairs a Redis restart or a lost annou
 
 It enforces the claim timeout: for every unanswered claim and open mystery box older than its
 competition's ``claimTimeoutSeconds`` it records a release job on the question's board queue (or
-the competition's mystery queue), so the release is serialised with the answers to it. And it
+the competition's queue), so the release is serialised with the answers to it. And it
 purges finished jobs older than ``JOB_RETENTION_SECONDS``.
 """
 
@@ -26,13 +26,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import logs
 from models import metrics
+from models.broker import enqueue, producer
 from models.db import make_engine, make_sessionmaker
 from models.live import Live, utcnow
 from models.ranking import all_standings
 from models.tables import Claim, Competition, Job, MysteryBox, Question, Submission
 from settings import Settings
-from workers.celery_app import create_celery
-from workers.enqueue import enqueue
 from workers.rules import Outbox, schedule_box_expiry, schedule_claim_release
 
 log = logging.getLogger("workers.sweeper")
@@ -171,7 +170,7 @@ def main() -> int:
     settings = Settings.from_env()
     logs.configure(settings, "sweeper")
     engine = make_engine(settings, pool_size=1)
-    sweeper = Sweeper(settings, make_sessionmaker(engine), Live(settings), create_celery(settings))
+    sweeper = Sweeper(settings, make_sessionmaker(engine), Live(settings), producer(settings))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

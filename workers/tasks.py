@@ -1,7 +1,9 @@
-"""Celery tasks: one per job kind, each a thin wrapper around ``run_job``.
+"""Celery tasks: one per job kind, generated from ``models.kinds``, each running ``run_job``.
 
-Every task is idempotent (the job row says whether it is done), so messages are acked late
-and redelivered if a worker dies mid-job.
+A task is named by its kind (``quiz.jobs.claim``) and returns the job's outcome (``succeeded``,
+``failed: <code>``), which the worker's task-succeeded event carries to Flower even though
+results are not stored. Every task is idempotent (the job row says whether it is done), so
+messages are acked late and redelivered if a worker dies mid-job.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from celery import Task
 from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from models.kinds import KINDS, JobKind
 from workers.celery_app import app
 from workers.jobs import JobCrashed, WorkerContext, drain, fail_job, run_job
 
@@ -68,7 +71,7 @@ class JobTask(Task):
     max_retries = MAX_RETRIES
     ignore_result = True
 
-    def run_kind(self, job_id: str) -> str | None:
+    def run_kind(self, job_id: str) -> str:
         job_uuid = uuid.UUID(job_id)
         try:
             return run_job(context(), job_uuid)
@@ -76,7 +79,7 @@ class JobTask(Task):
             if self.request.retries >= self.max_retries:
                 log.error("job %s gave up after %d retries: %s", job_id, self.request.retries, exc)
                 fail_job(context(), job_uuid, "internal_error", "the job could not be completed; try again")
-                return "failed"
+                return "failed: internal_error"
             # Exponential backoff with jitter, capped at 5 s.
             delay = min(5.0, 0.1 * 2**self.request.retries) * random.uniform(0.5, 1.5)
             raise self.retry(exc=exc, countdown=delay) from exc
@@ -84,49 +87,17 @@ class JobTask(Task):
             # A bug, not a transient fault: answer the client rather than loop forever.
             log.exception("job %s crashed", job_id)
             fail_job(context(), job_uuid, "internal_error", "the job could not be completed")
-            return "failed"
+            return "failed: internal_error"
 
 
-@app.task(base=JobTask, bind=True, name="quiz.jobs.register")
-def register(self: JobTask, *, job_id: str) -> str | None:
-    return self.run_kind(job_id)
+def _task_for(kind: JobKind) -> Task:
+    def run(self: JobTask, *, job_id: str) -> str:
+        return self.run_kind(job_id)
+
+    run.__name__ = run.__qualname__ = kind.name
+    run.__doc__ = f"Apply a {kind.name} job: {kind.doc}."
+    return app.task(base=JobTask, bind=True, name=kind.task)(run)
 
 
-@app.task(base=JobTask, bind=True, name="quiz.jobs.claim")
-def claim(self: JobTask, *, job_id: str) -> str | None:
-    return self.run_kind(job_id)
-
-
-@app.task(base=JobTask, bind=True, name="quiz.jobs.submit")
-def submit(self: JobTask, *, job_id: str) -> str | None:
-    return self.run_kind(job_id)
-
-
-@app.task(base=JobTask, bind=True, name="quiz.jobs.mystery_buy")
-def mystery_buy(self: JobTask, *, job_id: str) -> str | None:
-    return self.run_kind(job_id)
-
-
-@app.task(base=JobTask, bind=True, name="quiz.jobs.mystery_forfeit")
-def mystery_forfeit(self: JobTask, *, job_id: str) -> str | None:
-    return self.run_kind(job_id)
-
-
-@app.task(base=JobTask, bind=True, name="quiz.jobs.adjust")
-def adjust(self: JobTask, *, job_id: str) -> str | None:
-    return self.run_kind(job_id)
-
-
-@app.task(base=JobTask, bind=True, name="quiz.jobs.team_update")
-def team_update(self: JobTask, *, job_id: str) -> str | None:
-    return self.run_kind(job_id)
-
-
-@app.task(base=JobTask, bind=True, name="quiz.jobs.claim_release")
-def claim_release(self: JobTask, *, job_id: str) -> str | None:
-    return self.run_kind(job_id)
-
-
-@app.task(base=JobTask, bind=True, name="quiz.jobs.mystery_expire")
-def mystery_expire(self: JobTask, *, job_id: str) -> str | None:
-    return self.run_kind(job_id)
+# Every rule is attached (workers.rules checks it at import), so every kind has its task.
+TASKS: dict[str, Task] = {kind.name: _task_for(kind) for kind in KINDS.values()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -13,6 +14,7 @@ from celery import Celery
 from sqlalchemy import func, select
 
 from models.db import make_sessionmaker
+from models.kinds import REGISTRATIONS, board_queue
 from models.live import Live
 from models.tables import Claim, ScoreEvent, Submission, Team
 from settings import Settings
@@ -34,7 +36,6 @@ from tests.support import (
     wait_until,
 )
 from workers.jobs import WorkerContext, run_job
-from workers.routing import REGISTRATIONS, board_queue
 from workers.sweeper import Sweeper
 
 
@@ -118,8 +119,8 @@ def test_racing_deliveries_of_one_job_apply_it_once(api: Api, db: Db, settings: 
     db.wait_jobs([job_id])
     wait_consumed(broker, queue, [t for t in outcomes[:2] if t])
 
-    in_process = [s for s in outcomes[2:] if s is not None]
-    assert in_process in ([], ["succeeded"])
+    # Whoever applied it, every delivery answers with the job's one outcome.
+    assert outcomes[2:] == ["succeeded", "succeeded"]
     row = db.jobs([job_id])[job_id]
     assert (row.status, row.attempts) == ("succeeded", 1)
     assert row.result is not None and row.result["pointsEarned"] == 100
@@ -237,31 +238,90 @@ def test_a_worker_killed_mid_job_loses_nothing(api: Api, db: Db, settings: Setti
     assert len({c.question_id for c in claims}) == len(codes)
 
 
-def test_jobs_committed_while_the_queue_is_awake_need_no_message_of_their_own(
-        api: Api, db: Db, settings: Settings, competition: dict[str, Any], celery: Celery) -> None:
-    """While the wake flag is set the API sends no message; the one message that set it makes
-    the worker drain every waiting job, in more than one batch if need be."""
-    slug = competition["slug"]
-    competition_id = db.competition(slug).id
-    live = Live(settings)
+def test_one_message_applies_every_waiting_job_and_the_others_answer_from_memory(
+        db: Db, settings: Settings, competition: dict[str, Any], worker_context: WorkerContext) -> None:
+    """Each job has its own message, but the first one's batch applies every job waiting on the
+    queue, in more than one transaction if need be; the later messages then find their job done
+    and answer with its outcome without reading the database."""
+    competition_id = db.competition(competition["slug"]).id
+    queue = unique("registrations")  # a queue no real consumer reads
+    count = settings.worker_batch_size * 2 + 7
+    names = ["Backlog 0", *(f"Backlog {i}" for i in range(1, count - 1)), "Backlog 1"]  # the last one clashes
+    job_ids = [
+        insert_job(db, competition_id=competition_id, kind="register", queue=queue, token=f"backlog-{uuid.uuid4().hex}",
+                   payload={"teamName": name, "members": [], "email": None}, team_id=None)
+        for name in names
+    ]
+    assert run_job(worker_context, uuid.UUID(job_ids[0])) == "succeeded"
+    rows = db.jobs(job_ids)
+    assert sum(row.status == "succeeded" for row in rows.values()) == count - 1
+    assert rows[job_ids[-1]].error["code"] == "team_name_taken"
+    assert len(worker_context.finished) == count - 1
+
+    def no_database() -> None:
+        raise AssertionError("a message whose job this process just finished must not read the database")
+
+    real = worker_context.autocommit
+    worker_context.autocommit = no_database  # type: ignore[assignment]
     try:
-        assert live.wake(REGISTRATIONS, ttl_ms=60_000)  # as if the API had just sent a message
-        assert not live.wake(REGISTRATIONS)  # ...so the next jobs get none
-        count = settings.worker_batch_size * 2 + 7
-        tokens = [f"awake-{uuid.uuid4().hex}" for _ in range(count)]
-        job_ids = [
-            insert_job(db, competition_id=competition_id, kind="register", queue=REGISTRATIONS, token=token,
-                       payload={"teamName": f"Awake {i}", "members": [], "email": None}, team_id=None)
-            for i, token in enumerate(tokens)
-        ]
-        send(celery, job_ids[0], "register", REGISTRATIONS)
-        rows = db.wait_jobs(job_ids)
-        assert {row.status for row in rows.values()} == {"succeeded"}
-        assert not live.redis.exists(f"{settings.redis_prefix}:wake:{REGISTRATIONS}")
-        teams = db.all(select(func.count()).select_from(Team).where(Team.competition_id == competition_id))
-        assert teams[0][0] == count
+        outcomes = [run_job(worker_context, uuid.UUID(job_id)) for job_id in job_ids[1:]]
     finally:
-        live.redis.close()
+        worker_context.autocommit = real
+    assert outcomes == ["succeeded"] * (count - 2) + ["failed: team_name_taken"]
+    assert not worker_context.finished
+    # A redelivery, remembered no longer, reads the row: still the same outcome, nothing applied twice.
+    assert run_job(worker_context, uuid.UUID(job_ids[-1])) == "failed: team_name_taken"
+    assert run_job(worker_context, uuid.uuid4()) == "missing"
+    teams = db.all(select(func.count()).select_from(Team).where(Team.competition_id == competition_id))
+    assert teams[0][0] == count - 1
+
+
+def test_every_job_is_a_task_named_by_its_kind_with_its_outcome(
+        api: Api, db: Db, competition: dict[str, Any], celery: Celery, broker: redis.Redis) -> None:
+    """What Flower shows comes from the consumers' task events: one task per job, named by the job's
+    kind, whose result is the job's outcome, also for the jobs another message's batch applied."""
+    slug = competition["slug"]
+    api.add_questions(slug, questions(3))
+    seen: dict[str, dict[str, Any]] = {}
+
+    def record(event: dict[str, Any]) -> None:
+        seen.setdefault(event["uuid"], {}).update(event)
+
+    def subscriptions() -> int:
+        return int(broker.pubsub_numpat()) + len(broker.pubsub_channels())
+
+    before = subscriptions()
+    with celery.connection_for_read() as connection:
+        receiver = celery.events.Receiver(connection, handlers={"task-received": record, "task-succeeded": record})
+        listener = threading.Thread(target=receiver.capture, kwargs={"limit": None, "timeout": None,
+                                                                     "wakeup": False}, daemon=True)
+        listener.start()
+        try:
+            wait_until(lambda: subscriptions() > before, 10, message="the event receiver to subscribe")
+            # Registrations share one queue, so some are applied by another registration's batch.
+            teams = register_teams(api, db, slug, [unique("Flower") for _ in range(8)])
+            claims = post_all(api, "POST", [(f"/api/v1/competitions/{slug}/claims", team.token, {"questionId": code})
+                                            for team, code in zip(teams, ["Q1", "Q1", "Q2", "Q3"], strict=False)])
+            claim_ids = [c["jobId"] for c in claims]
+            db.wait_jobs(claim_ids)
+            registration_ids = [team.registration_job for team in teams]
+
+            def tasks_of(job_ids: list[str]) -> dict[str, dict[str, Any]]:
+                return {job_id: e for e in seen.values() for job_id in job_ids
+                        if job_id in str(e.get("kwargs", "")) and "result" in e}
+
+            wait_until(lambda: len(tasks_of(claim_ids + registration_ids)) == len(claim_ids + registration_ids), 30,
+                       message="a task-succeeded event for every job")
+        finally:
+            receiver.should_stop = True
+            listener.join(5)
+    claimed = tasks_of(claim_ids)
+    assert {e["name"] for e in claimed.values()} == {"quiz.jobs.claim"}
+    assert sorted(e["result"] for e in claimed.values()) == sorted(
+        ["'succeeded'"] * 3 + ["'failed: question_already_claimed'"])
+    registered = tasks_of(registration_ids)
+    assert {e["name"] for e in registered.values()} <= {"quiz.jobs.register"}
+    assert {e["result"] for e in registered.values()} <= {"'succeeded'"}
 
 
 def test_sweeper_resends_every_unfinished_job_at_once_when_redis_lost_its_data(

@@ -175,7 +175,7 @@ def test_an_expired_mystery_box_is_forfeited_without_refund(api: Api, db: Db, sw
     failed_with(api.submit(slug, hoarder.token, box["mysteryQuestionId"], answer_of("M1")), "claim_expired")
     sweeper.release_expired()
     [expiry] = _wait_jobs_of(db, competition_id, "mystery_expire", 1)
-    assert expiry.status == "succeeded" and expiry.queue.startswith("mystery.")
+    assert expiry.status == "succeeded" and expiry.queue.startswith("competition.")
     [row] = _entities(db, select(MysteryBox).where(MysteryBox.team_id == hoarder.id))
     assert (row.state, row.closed_reason) == ("forfeited", "expired")
     assert db.team(hoarder.id).points == 1000 - box["deductedPoints"]

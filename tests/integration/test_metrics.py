@@ -16,10 +16,10 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import sessionmaker
 
+from models.broker import producer
 from models.live import Live
 from settings import Settings
 from tests.support import ADMIN_TOKEN, Api, Db, Listener, Stack, answer_of, questions, unique
-from workers.celery_app import create_celery
 from workers.sweeper import Sweeper
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
@@ -54,7 +54,7 @@ def play(api: Api, listen: object, slug: str) -> None:
 
 
 def sweep(settings: Settings, db: Db) -> None:
-    celery = create_celery(settings)
+    celery = producer(settings)
     sweeper = Sweeper(settings, sessionmaker(db.engine), Live(settings), celery)
     try:
         sweeper.sweep_once()
@@ -101,7 +101,7 @@ def test_each_process_kind_reports_and_its_series_move(api: Api, listen: object,
     assert total(api_after, "quiz_consumer_job_visible_seconds_bucket", kind="submit", le="+Inf") == \
         total(api_after, "quiz_consumer_job_visible_seconds_count", kind="submit")
     # Queue depth and the age of the oldest waiting job, for every queue, waiting or not.
-    for queue in ("registrations", "board.0", "board.3", "mystery.0"):
+    for queue in ("registrations", "board.0", "board.3", "competition.0"):
         assert ("quiz_queue_jobs_waiting", frozenset({("queue", queue)})) in api_after
         assert ("quiz_queue_oldest_job_age_seconds", frozenset({("queue", queue)})) in api_after
 

@@ -176,3 +176,29 @@ def test_migrations_upgrade_a_database_holding_a_finished_competition(test_env: 
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == _head()
             assert snapshot(conn, FIXTURE_SLUG) == before
         assert invariant_violations(url, FIXTURE_SLUG) == []
+
+
+def test_jobs_waiting_on_a_mystery_queue_move_to_its_competition_queue(test_env: dict[str, str]) -> None:
+    """Migration 0008: no consumer reads mystery.N any more, so a job still queued there would wait forever."""
+    with fresh_database(test_env["DATABASE_URL"]) as url:
+        settings = Settings.from_env({"DATABASE_URL": url})
+        upgrade(settings, FIXTURE_REVISION)
+        with connect(url) as conn, conn.begin():
+            conn.connection.driver_connection.execute(FIXTURE.read_text())  # type: ignore[union-attr]
+        upgrade(settings, "0007")
+        with connect(url) as conn, conn.begin():
+            waiting = conn.execute(text(
+                "INSERT INTO jobs (id, competition_id, kind, queue, team_id, owner_hash, payload) "
+                "SELECT gen_random_uuid(), competition_id, kind, queue, team_id, owner_hash, payload FROM jobs "
+                "WHERE queue = 'mystery.0' LIMIT 1 RETURNING id")).scalar_one()
+            finished = conn.execute(text("SELECT count(*) FROM jobs WHERE queue = 'mystery.0'")).scalar_one()
+
+        upgrade(settings)
+
+        with connect(url) as conn:
+            queues = dict(conn.execute(text("SELECT queue, count(*) FROM jobs WHERE queue LIKE 'mystery.%' "
+                                            "OR queue LIKE 'competition.%' GROUP BY queue")).all())
+            moved = conn.execute(text("SELECT queue, status FROM jobs WHERE id = :id"), {"id": waiting}).one()
+        assert tuple(moved) == ("competition.0", "queued")
+        # Finished jobs keep the queue they ran on.
+        assert queues == {"competition.0": 1, "mystery.0": finished - 1}

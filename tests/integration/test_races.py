@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import func, select
 
+from models.kinds import board_queue
 from models.tables import Claim, MysteryBox, Question, ScoreEvent, Team
 from settings import Settings
 from tests.support import (
@@ -24,7 +25,6 @@ from tests.support import (
     unique,
     wait_until,
 )
-from workers.routing import board_queue
 
 
 def _job_views(api: Api, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:

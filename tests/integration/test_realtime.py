@@ -12,6 +12,7 @@ import socketio
 from celery import Celery
 from sqlalchemy import select
 
+from models.kinds import board_queue
 from models.live import Live
 from models.tables import ScoreEvent
 from settings import Settings
@@ -35,7 +36,6 @@ from tests.support import (
     unique,
 )
 from workers.jobs import WorkerContext, run_job
-from workers.routing import board_queue
 
 Listen = Callable[..., Listener]
 

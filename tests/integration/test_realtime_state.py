@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import sessionmaker
 
 from models import events
+from models.kinds import REGISTRATIONS
 from models.live import Live, iso, utcnow
 from models.ranking import all_standings
 from models.tables import Competition, Job
@@ -45,7 +46,6 @@ from tests.support import (
     unique,
     wait_until,
 )
-from workers.routing import REGISTRATIONS
 
 Listen = Callable[..., Listener]
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import update
 
+from models.kinds import board_queue
 from models.tables import Team
 from settings import Settings
 from tests.support import (
@@ -27,7 +28,6 @@ from tests.support import (
     wait_until,
 )
 from workers.jobs import WorkerContext, run_job
-from workers.routing import board_queue
 
 
 def _codes_on_one_queue(settings: Settings, competition_id: int, count: int) -> list[str]:
@@ -85,7 +85,7 @@ def test_an_answer_sent_before_the_deadline_is_not_late_however_late_it_is_appli
     ctx = WorkerContext.create(settings)
     try:
         assert run_job(ctx, _uuid(in_time)) == "succeeded"
-        assert run_job(ctx, _uuid(late)) == "failed"
+        assert run_job(ctx, _uuid(late)) == "failed: deadline_passed"
     finally:
         ctx.engine.dispose()
         ctx.live.redis.close()

@@ -10,9 +10,9 @@ import pytest
 from celery import Celery
 
 import logs
+from models.broker import enqueue
 from settings import Settings, SettingsError
 from workers.celery_app import process_name
-from workers.enqueue import enqueue
 
 
 def _record(message: str = "hello %s", args: tuple[Any, ...] = ("world",)) -> logging.LogRecord:

@@ -18,7 +18,7 @@ def test_empty_environment_gives_the_defaults() -> None:
         assert getattr(settings, name) == getattr(defaults, name), name
     assert settings.admin_token == DEV_ADMIN_TOKEN
     assert settings.board_queues == 4
-    assert settings.mystery_shards == 1
+    assert settings.competition_queues == 1
     assert not settings.production
 
 
@@ -46,7 +46,7 @@ def test_values_are_parsed() -> None:
         "REDIS_URL": "redis://r:6379/3",
         "ADMIN_TOKEN": "secret",
         "BOARD_QUEUES": "8",
-        "MYSTERY_SHARDS": "2",
+        "COMPETITION_QUEUES": "2",
         "API_PORT": "9000",
         "API_WORKERS": "5",
         "API_THREADS": "12",
@@ -62,7 +62,7 @@ def test_values_are_parsed() -> None:
     })
     assert settings.redis_url == "redis://r:6379/3"
     assert settings.admin_token == "secret"
-    assert (settings.board_queues, settings.mystery_shards) == (8, 2)
+    assert (settings.board_queues, settings.competition_queues) == (8, 2)
     assert (settings.api_port, settings.api_workers, settings.api_threads) == (9000, 5, 12)
     assert settings.realtime_port == 9001
     assert settings.realtime_async_mode == "threading"
@@ -72,6 +72,11 @@ def test_values_are_parsed() -> None:
     assert settings.cors_origins == ("https://a.example", "https://b.example")
     assert settings.redis_prefix == "quizz"
     assert settings.environment == "staging"
+
+
+def test_the_old_name_of_competition_queues_is_still_read() -> None:
+    assert Settings.from_env({"MYSTERY_SHARDS": "3"}).competition_queues == 3
+    assert Settings.from_env({"MYSTERY_SHARDS": "3", "COMPETITION_QUEUES": "2"}).competition_queues == 2
 
 
 def test_empty_values_mean_the_default() -> None:
@@ -86,6 +91,7 @@ def test_empty_values_mean_the_default() -> None:
     [
         ("BOARD_QUEUES", "four"),
         ("BOARD_QUEUES", "0"),
+        ("COMPETITION_QUEUES", "0"),
         ("MYSTERY_SHARDS", "0"),
         ("API_PORT", "-1"),
         ("API_WORKERS", "1.5"),

@@ -15,13 +15,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models import failpoints
+from models.broker import enqueue
 from models.events import job_view
 from models.tables import Competition, Job
 from web.auth import replay_may_see_token, team_token
 from web.deps import Deps
 from web.errors import Problem, check_slug, competition_not_found, invalid
 from web.media import write_json
-from workers.enqueue import enqueue
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +188,7 @@ def accept_job(
         session.commit()
         failpoints.pause(deps.settings, "api-after-commit")
         try:
-            if _needs_message(deps, queue):
-                enqueue(deps.celery, str(job_id), kind, queue)
+            enqueue(deps.celery, str(job_id), kind, queue)
         except Exception:
             # The job row is committed; the sweeper re-sends it once the broker is back.
             log.exception("enqueue of job %s failed; the sweeper will re-send it", job_id)
@@ -213,15 +212,6 @@ def _finished_job(session: Session, job_id: uuid.UUID) -> Job | None:
     session.expire_all()
     job = session.get(Job, job_id)
     return job if job is not None and job.status in ("succeeded", "failed") else None
-
-
-def _needs_message(deps: Deps, queue: str) -> bool:
-    try:
-        return deps.live.wake(queue)
-    except Exception:
-        # Without the flag, a message per job is always safe.
-        log.warning("wake flag unavailable; sending a message", exc_info=True)
-        return True
 
 
 def respond_with_job(resp: falcon.Response, job: Job, *, extra: dict[str, Any] | None = None,

@@ -10,10 +10,11 @@ from sqlalchemy import bindparam, exists, select
 from sqlalchemy.orm import Session
 
 from models.events import job_view
+from models.kinds import CLAIM, MYSTERY_BUY, MYSTERY_FORFEIT, REGISTER, REGISTRATIONS, SUBMIT, JobKind
 from models.live import FrozenBoards, iso, utcnow
 from models.names import InvalidName, normalise_name
 from models.ranking import frozen_board, is_frozen, leaderboard, rank_of
-from models.tables import Claim, Competition, Job, MysteryBox, Question, Submission, Team
+from models.tables import Claim, Job, MysteryBox, Question, Submission, Team
 from web.auth import bearer, competition_and_team, is_admin, new_token_seed, team_token, token_hash
 from web.deps import Deps
 from web.errors import Problem, invalid
@@ -21,7 +22,6 @@ from web.media import read_body, write_json
 from web.ratelimit import too_many
 from web.resources.common import accept_job, get_competition, next_cursor, page_params
 from web.schemas import BuyMysteryBox, ClaimQuestion, RegisterTeam, SubmitAnswer
-from workers.routing import REGISTRATIONS, board_queue, mystery_queue
 
 
 def clean_name(text: str, field: str) -> str:
@@ -58,7 +58,7 @@ class Teams:
         if body.registration_code is not None:
             # The worker checks it again: the organisers may change the code meanwhile.
             payload["registrationCode"] = body.registration_code
-        accept_job(req, resp, self.deps, competition=slug, kind="register", queue=REGISTRATIONS,
+        accept_job(req, resp, self.deps, competition=slug, kind=REGISTER.name, queue=REGISTRATIONS,
                    payload=payload, owner_hash=token_hash(token), team_id=None, extra={"teamToken": token},
                    session=session, token_seed=seed, registration_code=body.registration_code)
 
@@ -116,14 +116,15 @@ class TeamWrite:
     competition and team lookup, the job INSERT), each one round trip, no BEGIN or COMMIT.
     """
 
-    kind: str
+    kind: JobKind
     schema: type | None = None
 
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
-    def queue(self, competition: Competition, body: Any) -> str:
-        return mystery_queue(self.deps.settings, competition.id)
+    def question(self, body: Any) -> str | None:
+        """The question a board kind is routed by."""
+        return None
 
     def payload(self, body: Any) -> dict[str, Any]:
         return {}
@@ -136,17 +137,18 @@ class TeamWrite:
             competition, team = competition_and_team(req, session, slug)
             body = read_body(req, self.schema, self.deps.settings.max_body_bytes) if self.schema else None
             self.check(team)
-            accept_job(req, resp, self.deps, competition=competition, kind=self.kind,
-                       queue=self.queue(competition, body), payload=self.payload(body),
+            accept_job(req, resp, self.deps, competition=competition, kind=self.kind.name,
+                       queue=self.kind.queue(self.deps.settings, competition.id, self.question(body)),
+                       payload=self.payload(body),
                        owner_hash=team.token_hash, team_id=team.id, session=session)
 
 
 class Claims(TeamWrite):
-    kind = "claim"
+    kind = CLAIM
     schema = ClaimQuestion
 
-    def queue(self, competition: Competition, body: ClaimQuestion) -> str:
-        return board_queue(self.deps.settings, competition.id, body.question_id)
+    def question(self, body: ClaimQuestion) -> str:
+        return body.question_id
 
     def payload(self, body: ClaimQuestion) -> dict[str, Any]:
         return {"questionId": body.question_id}
@@ -156,11 +158,11 @@ class Claims(TeamWrite):
 
 
 class Submissions(TeamWrite):
-    kind = "submit"
+    kind = SUBMIT
     schema = SubmitAnswer
 
-    def queue(self, competition: Competition, body: SubmitAnswer) -> str:
-        return board_queue(self.deps.settings, competition.id, body.question_id)
+    def question(self, body: SubmitAnswer) -> str:
+        return body.question_id
 
     def payload(self, body: SubmitAnswer) -> dict[str, Any]:
         return {"questionId": body.question_id, "answer": body.answer}
@@ -177,7 +179,7 @@ class Submissions(TeamWrite):
 
 
 class MysteryBoxes(TeamWrite):
-    kind = "mystery_buy"
+    kind = MYSTERY_BUY
     schema = BuyMysteryBox
 
     def payload(self, body: BuyMysteryBox) -> dict[str, Any]:
@@ -188,7 +190,7 @@ class MysteryBoxes(TeamWrite):
 
 
 class CurrentMysteryBox(TeamWrite):
-    kind = "mystery_forfeit"
+    kind = MYSTERY_FORFEIT
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         self.write(req, resp, slug)

@@ -11,13 +11,13 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select, text
 
 from models import metrics as shared
+from models.kinds import all_queues
 from models.tables import Job
 from web.auth import bearer, is_admin
 from web.deps import Deps
 from web.errors import Problem
 from web.media import write_json
 from web.metrics import request_registry
-from workers.routing import all_queues
 
 
 class Healthz:
@@ -81,7 +81,7 @@ class Metrics:
         jobs = GaugeMetricFamily("quiz_jobs", "Jobs by status", labels=["status"])
         queues = all_queues(self.deps.settings)
         waiting = GaugeMetricFamily("quiz_queue_jobs_waiting", "Jobs recorded and not yet taken, per queue "
-                                    "(the real backlog: a busy queue gets few broker messages)", labels=["queue"])
+                                    "(the backlog in PostgreSQL)", labels=["queue"])
         oldest = GaugeMetricFamily("quiz_queue_oldest_job_age_seconds", "Age of the oldest job not yet taken, per "
                                    "queue; 0 when none waits", labels=["queue"])
         with self.deps.sessions() as session:
@@ -92,7 +92,8 @@ class Metrics:
             count, age = rows.get(queue, (0, 0.0))
             waiting.add_metric([queue], count)
             oldest.add_metric([queue], float(age or 0.0))
-        depth = GaugeMetricFamily("quiz_queue_depth", "Messages waiting per Celery queue in the broker",
+        depth = GaugeMetricFamily("quiz_queue_depth", "Messages waiting per Celery queue in the broker: one "
+                                  "per job, those of jobs a batch has already applied included until acked",
                                   labels=["queue"])
         pipe = self.deps.redis.pipeline(transaction=False)
         for queue in queues:

@@ -14,6 +14,7 @@ import msgspec
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
+from models.kinds import ADJUST, CLAIM_RELEASE, TEAM_UPDATE
 from models.live import iso
 from models.tables import AuditEntry, Claim, Competition, MysteryBox, Question, ScoreEvent, Submission, Team
 from web.auth import require_admin, token_hash
@@ -24,7 +25,6 @@ from web.resources.common import accept_job, get_competition, next_cursor, page_
 from web.resources.game import Teams, clean_name
 from web.resources.organiser import audit, question_admin_view
 from web.schemas import AdjustPoints, NewQuestion, QuestionPatch, TeamPatch
-from workers.routing import board_queue, mystery_queue
 
 
 def _admin(req: falcon.Request, deps: Deps, slug: str) -> tuple[Session, str, Competition]:
@@ -153,8 +153,8 @@ class TeamItem:
         if body.disqualified is not None:
             payload["disqualified"] = body.disqualified
         # Audited by the worker, in the transaction that applies or refuses it.
-        accept_job(req, resp, self.deps, competition=competition, kind="team_update",
-                   queue=mystery_queue(self.deps.settings, competition.id), payload=payload,
+        accept_job(req, resp, self.deps, competition=competition, kind=TEAM_UPDATE.name,
+                   queue=TEAM_UPDATE.queue(self.deps.settings, competition.id), payload=payload,
                    owner_hash=token_hash(self.deps.settings.admin_token), team_id=team.id)
 
 
@@ -171,8 +171,8 @@ class Adjustments:
             raise invalid("reason", "must not be blank")
         payload = {"teamId": team.id, "delta": body.delta, "reason": reason}
         # Audited by the worker, in the transaction that applies or refuses it.
-        accept_job(req, resp, self.deps, competition=competition, kind="adjust",
-                   queue=mystery_queue(self.deps.settings, competition.id), payload=payload,
+        accept_job(req, resp, self.deps, competition=competition, kind=ADJUST.name,
+                   queue=ADJUST.queue(self.deps.settings, competition.id), payload=payload,
                    owner_hash=token_hash(self.deps.settings.admin_token), team_id=team.id)
 
 
@@ -461,7 +461,7 @@ class ClaimItem:
                           f"there is no board question {code[:64]!r}")
         # On the question's board queue, so the release is serialised with answers to it; the
         # worker audits it with its outcome.
-        accept_job(req, resp, self.deps, competition=competition, kind="claim_release",
-                   queue=board_queue(self.deps.settings, competition.id, question),
+        accept_job(req, resp, self.deps, competition=competition, kind=CLAIM_RELEASE.name,
+                   queue=CLAIM_RELEASE.queue(self.deps.settings, competition.id, question),
                    payload={"questionId": question, "reason": "organiser"},
                    owner_hash=token_hash(self.deps.settings.admin_token), team_id=None)

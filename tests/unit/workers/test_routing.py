@@ -1,4 +1,5 @@
-"""Queue routing: stable across processes, case-insensitive on codes, spread over all queues."""
+"""Queue routing and the job-kind registry: stable across processes, case-insensitive on codes,
+spread over all queues; every kind declared once, with one rule and one task."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from models.kinds import KINDS, REGISTRATIONS, all_queues, board_queue, competition_queue
 from settings import Settings
-from workers.routing import REGISTRATIONS, TASK_FOR_KIND, all_queues, board_queue, mystery_queue
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -33,7 +34,7 @@ def test_board_queue_is_the_same_in_another_process() -> None:
     here = [board_queue(settings, 3, code) for code in codes]
     script = (
         "from settings import Settings\n"
-        "from workers.routing import board_queue\n"
+        "from models.kinds import board_queue\n"
         f"print(' '.join(board_queue(Settings(board_queues=8), 3, c) for c in {codes!r}))\n"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
@@ -62,21 +63,44 @@ def test_board_queues_are_all_used_and_roughly_even() -> None:
 
 
 @pytest.mark.parametrize("shards", [1, 3])
-def test_mystery_queue_is_per_competition(shards: int) -> None:
-    settings = Settings(mystery_shards=shards)
+def test_competition_queue_is_per_competition(shards: int) -> None:
+    settings = Settings(competition_queues=shards)
     for competition_id in range(1, 20):
-        queue = mystery_queue(settings, competition_id)
-        assert queue == mystery_queue(settings, competition_id)
+        queue = competition_queue(settings, competition_id)
+        assert queue == competition_queue(settings, competition_id)
         assert queue in all_queues(settings)
 
 
 def test_all_queues() -> None:
-    settings = Settings(board_queues=3, mystery_shards=2)
-    assert all_queues(settings) == [REGISTRATIONS, "board.0", "board.1", "board.2", "mystery.0", "mystery.1"]
+    settings = Settings(board_queues=3, competition_queues=2)
+    assert all_queues(settings) == [REGISTRATIONS, "board.0", "board.1", "board.2", "competition.0", "competition.1"]
 
 
-def test_every_job_kind_has_a_task() -> None:
+def test_every_kind_routes_to_a_queue_of_its_family() -> None:
+    settings = Settings(board_queues=4, competition_queues=2)
+    for kind in KINDS.values():
+        queue = kind.queue(settings, 7, "Q1")
+        assert queue in all_queues(settings)
+        assert queue.split(".")[0] == kind.family, kind
+    assert KINDS["claim"].queue(settings, 7, "Q1") == board_queue(settings, 7, "Q1")
+    assert KINDS["adjust"].queue(settings, 7) == competition_queue(settings, 7)
+    with pytest.raises(ValueError, match="question"):
+        KINDS["submit"].queue(settings, 7)
+
+
+def test_every_kind_has_one_rule_and_one_task_named_by_it() -> None:
     from models.tables import JOB_KINDS
+    from workers.rules import RULES
+    from workers.tasks import TASKS, app
 
-    assert set(TASK_FOR_KIND) == set(JOB_KINDS)
-    assert len(set(TASK_FOR_KIND.values())) == len(TASK_FOR_KIND)
+    assert set(RULES) == set(KINDS) == set(JOB_KINDS) == set(TASKS)
+    for name, kind in KINDS.items():
+        assert kind.task == f"quiz.jobs.{name}"
+        assert app.tasks[kind.task].name == TASKS[name].name == kind.task
+
+
+def test_a_second_rule_for_a_kind_is_refused() -> None:
+    from workers.rules import rule
+
+    with pytest.raises(RuntimeError, match="two rules"):
+        rule(KINDS["claim"])(lambda *args: {})
