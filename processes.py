@@ -11,6 +11,7 @@ consumer kind has one instance per queue, never more.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -96,15 +97,11 @@ def balancer_maxconn() -> int:
     want = 2 * BALANCER_MAXCONN + 200
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < want:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
-        except (ValueError, OSError):
-            pass
     elif soft != resource.RLIM_INFINITY and soft < want:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        except (ValueError, OSError):
-            pass
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard == resource.RLIM_INFINITY:
         return BALANCER_MAXCONN

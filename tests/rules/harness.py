@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 import workers.rules as rules
 from models.check import check_competition
+from models.kinds import KINDS
 from models.names import name_key, normalise_name
 from models.tables import (
     AuditEntry,
@@ -37,28 +38,21 @@ from models.tables import (
 )
 from settings import Settings
 
-# -- what the API and the consumer decide about a job ----------------------------------------
-# The only imports of routing and of the savepoint choice, so a rename of either (issue 11's
-# registry of job kinds) is fixed here and nowhere else.
-from workers.jobs import SINGLE_WRITE
-from workers.routing import REGISTRATIONS, board_queue, mystery_queue
+# -- what the API and the consumer decide about a job: the registry of job kinds ------------------
 
-BOARD_KINDS = frozenset({"claim", "submit", "claim_release"})
+
+# The kinds an organiser's token owns (a claim release is one when the organiser releases it).
 ORGANISER_KINDS = frozenset({"adjust", "team_update", "claim_release"})
 
 
 def queue_for(settings: Settings, competition_id: int, kind: str, payload: dict[str, Any]) -> str:
     """The queue the API (or the sweeper) records a job of this kind on."""
-    if kind == "register":
-        return REGISTRATIONS
-    if kind in BOARD_KINDS:
-        return board_queue(settings, competition_id, payload["questionId"])
-    return mystery_queue(settings, competition_id)
+    return KINDS[kind].queue(settings, competition_id, payload.get("questionId"))
 
 
 def needs_savepoint(kind: str) -> bool:
     """Whether the consumer applies this kind inside a savepoint (a refusal is then undone)."""
-    return kind not in SINGLE_WRITE
+    return KINDS[kind].savepoint
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from tests.rules.harness import Game, queue_for
 from workers.rules import SYSTEM_OWNER, Outbox, schedule_box_expiry, schedule_claim_release
 
 
-def test_a_box_expiry_is_recorded_once_and_applied_on_the_mystery_queue(game: Game) -> None:
+def test_a_box_expiry_is_recorded_once_and_applied_on_the_competition_queue(game: Game) -> None:
     comp = game.competition(claim_timeout_seconds=60)
     game.mystery(comp, "M1")
     team = game.team(comp, "Owls")
