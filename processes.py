@@ -73,7 +73,9 @@ def _realtime(settings: Settings) -> list[dict[str, str]]:
 
 
 def _balancer(settings: Settings) -> list[dict[str, str]]:
-    return [] if settings.realtime_processes == 1 else [{"name": "balancer"}]
+    if settings.realtime_processes == 1:
+        return []
+    return [{"name": "balancer" if i == 0 else f"balancer-{i + 1}"} for i in range(settings.balancer_processes)]
 
 
 def backends(settings: Settings) -> list[str]:
@@ -158,7 +160,10 @@ def run_balancer(settings: Settings) -> None:
     logs.configure(settings, "balancer")
     log = logging.getLogger("balancer")
     path = balancer_config_path(settings)
-    path.write_text(balancer_config(settings))
+    # Several balancer processes may start at once: each writes the same file, whole, by rename.
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(balancer_config(settings))
+    partial.replace(path)
     haproxy = shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
     if haproxy is None:
         log.error("haproxy is not installed (Debian: apt-get install haproxy)")
@@ -187,7 +192,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("sweeper", ("python", "-m", "workers.sweeper"), "one", restart=True, instances=_one("sweeper")),
     Kind("realtime", ("python", "-m", "realtime"), "REALTIME_PROCESSES (1)", restart=True, instances=_realtime),
     Kind("balancer", ("python", "-m", "processes", "balancer"),
-         "one when REALTIME_PROCESSES > 1, else none", restart=True, instances=_balancer),
+         "BALANCER_PROCESSES (1) when REALTIME_PROCESSES > 1, else none", restart=True, instances=_balancer),
     Kind("flower", ("celery", "-A", "workers.celery_app", "flower", "--port={port}", "--address={address}"),
          "one", restart=True, instances=_flower),
 )  # fmt: skip

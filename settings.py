@@ -152,6 +152,10 @@ class Settings:
         "", "Where HAProxy sends Socket.IO clients, `host:port,host:port`, one per process; empty: "
         "127.0.0.1 on `REALTIME_BACKEND_PORT` + i (compose names the containers).", LAUNCHER,
         shown="(loopback ports)")
+    balancer_processes: int = setting(
+        1, "HAProxy processes in front of the Socket.IO processes (with `REALTIME_PROCESSES` > 1); they share "
+        "`REALTIME_PORT` (SO_REUSEPORT). Each holds at most (its descriptor limit - 200) / 2 clients, so add one "
+        "where the hard `ulimit -n` cannot be raised that far.", LAUNCHER)
     flower_port: int = setting(5555, "Flower's port.", f"{FLOWER}, {LAUNCHER}")
     log_level: str = setting("INFO", "Log level: DEBUG, INFO, WARNING, ERROR.", ALL)
     log_format: str = setting(
@@ -301,6 +305,7 @@ class Settings:
             realtime_processes=_int(env, "REALTIME_PROCESSES", cls.realtime_processes, minimum=1),
             realtime_backend_port=_int(env, "REALTIME_BACKEND_PORT", cls.realtime_backend_port),
             realtime_backends=env.get("REALTIME_BACKENDS", ""),
+            balancer_processes=_int(env, "BALANCER_PROCESSES", cls.balancer_processes, minimum=1),
             flower_port=_int(env, "FLOWER_PORT", cls.flower_port, minimum=1),
             log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
             log_format=log_format,

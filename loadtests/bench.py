@@ -274,9 +274,9 @@ class Bench:
                 extra.append(proc)
                 self.sampler.add(proc.group, proc.popen.pid)
             if _balanced(stack, sc):
-                proc = stack.start_balancer(len(sc.spectators))
-                extra.append(proc)
-                self.sampler.add(proc.group, proc.popen.pid)
+                for proc in stack.start_balancer(len(sc.spectators), sum(sc.spectators)):
+                    extra.append(proc)
+                    self.sampler.add(proc.group, proc.popen.pid)
             if extra:
                 stack.wait_ready()
             for index, clients in enumerate(sc.spectators):

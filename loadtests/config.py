@@ -5,7 +5,8 @@ QUIZ_FIXTURE   a fixture JSON written by ``python -m loadtests.fixtures``; witho
                locustfile creates its own competition when Locust starts
 QUIZ_PROFILE   ``full`` (default) or ``smoke``: the size of a competition a locustfile creates
 QUIZ_SAMPLES   where a locustfile writes its raw latency samples when the test stops
-QUIZ_WAIT_SHARE  share of writes sent with ``Prefer: wait=10`` instead of polling (default 0.1)
+QUIZ_WAIT_SHARE  share of writes sent with ``Prefer: wait=10`` instead of polling (default 1: every
+               write, as a good client does; past the API's waiter cap it answers 202 and is polled)
 """
 
 from __future__ import annotations
@@ -35,4 +36,4 @@ def samples_path() -> Path | None:
 
 
 def wait_share() -> float:
-    return float(os.environ.get("QUIZ_WAIT_SHARE", "0.1"))
+    return float(os.environ.get("QUIZ_WAIT_SHARE", "1"))

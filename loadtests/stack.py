@@ -302,12 +302,20 @@ class Stack:
     def balancer(self) -> str:
         return f"http://{LOOPBACK}:{self.realtime_ports[-1]}"
 
-    def start_balancer(self, count: int) -> Proc:
-        """HAProxy (the stack's balancer kind) in front of realtime processes 0 .. count - 1."""
+    def start_balancer(self, count: int, clients: int = 0) -> list[Proc]:
+        """HAProxy (the stack's balancer kind) in front of realtime processes 0 .. count - 1: as many
+        HAProxy processes, sharing the port, as this machine's descriptor limit needs for ``clients``."""
+        import processes
+
         backends = ",".join(f"{LOOPBACK}:{port}" for port in self.realtime_ports[:count])
         env = dict(self.env, REALTIME_PORT=str(self.realtime_ports[-1]), REALTIME_PROCESSES=str(count),
                    REALTIME_BACKENDS=backends)
-        proc = self.spawn("balancer", "balancer", self.command("balancer", processes_n=count), env)
+        needed = max(1, -(-(clients + 100) // processes.balancer_maxconn()))
+        procs = [self.spawn("balancer" if i == 0 else f"balancer-{i + 1}", "balancer",
+                            self.command("balancer", processes_n=count), env) for i in range(needed)]
+        if needed > 1:
+            log.info("%d HAProxy processes share the balancer's port: one holds at most %d clients here",
+                     needed, processes.balancer_maxconn())
         deadline = time.monotonic() + 60
         for i in range(count):
             # HAProxy answers a cookie naming a process it does not count as up yet from another one,
@@ -316,7 +324,7 @@ class Stack:
                       lambda i=i: f"HAProxy did not count realtime process {i} as up in 60 s",
                       ok=lambda resp, i=i: resp.ok and resp.cookies.get("QUIZRT") in (None, f"r{i}"),
                       cookies={"QUIZRT": f"r{i}"})
-        return proc
+        return procs
 
     def poll(self, url: str, deadline: float, failure: Callable[[], str],
              ok: Callable[[requests.Response], bool] = lambda resp: resp.status_code == 200, **get: Any) -> None:
