@@ -206,15 +206,16 @@ class Stack:
             self.retired.append(self.processes.pop(name))
 
     @contextlib.contextmanager
-    def balanced_realtime(self, count: int) -> Iterator[str]:
-        """``count`` more realtime servers behind HAProxy, as ``manage.py up --realtime N`` runs
-        them (from the same table); yields the balancer's URL and stops them all afterwards."""
+    def balanced_realtime(self, count: int, balancers: int = 1) -> Iterator[str]:
+        """``count`` more realtime servers behind ``balancers`` HAProxy processes sharing one port,
+        as ``manage.py up --realtime N`` runs them (from the same table); yields the balancer's URL
+        and stops them all afterwards."""
         port = free_port(exclude=[self.settings.api_port, self.settings.realtime_port])
         backends = free_port(exclude=[self.settings.api_port, self.settings.realtime_port, port])
         settings = self.settings.with_overrides(realtime_port=port, realtime_processes=count,
-                                                realtime_backend_port=backends)
+                                                realtime_backend_port=backends, balancer_processes=balancers)
         stack_env = {"REALTIME_PORT": str(port), "REALTIME_PROCESSES": str(count),
-                     "REALTIME_BACKEND_PORT": str(backends)}
+                     "REALTIME_BACKEND_PORT": str(backends), "BALANCER_PROCESSES": str(balancers)}
         started = []
         for kind in ("realtime", "balancer"):
             for process in processes.expand(processes.kind(kind), settings):

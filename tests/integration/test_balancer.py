@@ -73,7 +73,10 @@ class Client:
 
 @pytest.fixture
 def balanced(stack: Stack) -> Iterator[str]:
-    with stack.balanced_realtime(2) as url:
+    # Two HAProxy processes on one port (BALANCER_PROCESSES), as a host whose descriptor limit is
+    # too low for its audience runs them: a client's requests may reach either, and the cookie
+    # must send them to the same realtime process all the same.
+    with stack.balanced_realtime(2, balancers=2) as url:
         yield url
 
 
