@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+import requests
 from sqlalchemy import create_engine, text
 
 from loadtests import report
@@ -190,6 +191,8 @@ class Bench:
         self.engine = None
         self.provenance: dict[str, Any] = {}
         self.other_ports: tuple[int, ...] = ()
+        # Per run key: the realtime processes' own figures over the load window (realtime_side).
+        self.server_side: dict[str, dict[str, Any] | None] = {}
 
     # -- the stack ---------------------------------------------------------------------
 
@@ -287,8 +290,10 @@ class Bench:
                 spectators.append(proc)
                 self.sampler.add("spectators", proc.popen.pid)
             self._wait_spectators(sc, spectators, key)
+            server_before = self._realtime_metrics(stack, len(sc.spectators))
             started, ended, code = self._locust(sc, fixture_path, key)
             drained = self._drain(fixture.slug)
+            self.server_side[key] = realtime_side(server_before, self._realtime_metrics(stack, len(sc.spectators)))
             for proc in spectators:
                 if proc.popen.poll() is None:
                     proc.popen.send_signal(signal.SIGTERM)
@@ -552,6 +557,8 @@ class Bench:
         result["cpu_per_job"] = self._cpu_per_job(fixture.slug, started, ended)
         result["invariants"] = self._invariants(fixture.slug)
         result["spectators"] = self._spectators(sc, key)
+        if result["spectators"] is not None:
+            result["spectators"]["server"] = self.server_side.get(key)
         if sc.name.startswith("open_"):
             result["open_load"] = open_steps(self.raw, key, data["samples"])
         return result
@@ -660,6 +667,24 @@ class Bench:
             out["expected_winners"] = min(fixture.board, len(fixture.teams))
         return out
 
+    def _realtime_metrics(self, stack: Stack, count: int) -> dict[str, Any] | None:
+        """Every sample of the realtime processes' /metrics (summed by the caller), or None."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        families: dict[str, list[Any]] = {}
+        try:
+            for index in range(count):
+                resp = requests.get(stack.realtime(index) + "/metrics", timeout=5,
+                                    headers={"Authorization": f"Bearer {stack.env['ADMIN_TOKEN']}"})
+                if resp.status_code != 200:
+                    return None
+                for family in text_string_to_metric_families(resp.text):
+                    families.setdefault(family.name, []).extend(
+                        (sample.name, sample.labels, sample.value) for sample in family.samples)
+        except (requests.RequestException, ValueError):
+            return None
+        return families
+
     def _spectators(self, sc: Scenario, key: str) -> dict[str, Any] | None:
         if not sc.spectators:
             return None
@@ -711,6 +736,44 @@ class Bench:
             "loop_lag_max": max((s["loop_lag_ms"]["max"] or 0 for s in ok), default=None),
             "final_leaderboard_top": (ok[0]["final_leaderboard"] or [])[:3] if ok else None,
         }
+
+
+def _histogram(families: dict[str, Any], name: str, event: str | None) -> dict[float, float]:
+    """Cumulative bucket counts (upper bound -> count) of one histogram, summed over processes."""
+    buckets: dict[float, float] = {}
+    for sample in families.get(name, []):
+        if sample[0].endswith("_bucket") and (event is None or sample[1].get("event") == event):
+            bound = float(sample[1]["le"])
+            buckets[bound] = buckets.get(bound, 0.0) + sample[2]
+    return buckets
+
+
+def realtime_side(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The realtime processes' own view of the load window, from their /metrics before and after it:
+    commit-to-emit of the coalesced broadcasts (the server's share of the spectators' latency, to
+    the upper bound of a histogram bucket), how many broadcasts went out and how long they took."""
+    if not before or not after:
+        return None
+    out: dict[str, Any] = {}
+    for event in ("leaderboard_update", "question_claimed"):
+        b = _histogram(before, "quiz_realtime_commit_to_emit_seconds", event)
+        a = _histogram(after, "quiz_realtime_commit_to_emit_seconds", event)
+        window = {bound: a[bound] - b.get(bound, 0.0) for bound in sorted(a)}
+        total = window.get(float("inf"), 0.0)
+        if total <= 0:
+            continue
+        out[event] = {"emits": int(total), **{
+            f"p{q}_at_most_ms": next((round(bound * 1000) if bound != float("inf") else None
+                                      for bound, count in window.items() if count >= total * q / 100), None)
+            for q in (50, 99)}}
+    b = _histogram(before, "quiz_realtime_broadcast_seconds", None)
+    a = _histogram(after, "quiz_realtime_broadcast_seconds", None)
+    count = a.get(float("inf"), 0.0) - b.get(float("inf"), 0.0)
+    total_seconds = sum(s[2] for s in after.get("quiz_realtime_broadcast_seconds", []) if s[0].endswith("_sum")) \
+        - sum(s[2] for s in before.get("quiz_realtime_broadcast_seconds", []) if s[0].endswith("_sum"))
+    out["broadcasts"] = int(count)
+    out["broadcast_mean_ms"] = round(total_seconds / count * 1000, 1) if count else None
+    return out
 
 
 # Issue 11: the open load's knee is where p95 POST-to-visible passes this.

@@ -761,6 +761,16 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
                 + "; ".join(f"{k} {trio(v)} ({v['count']:,})" for k, v in sp["by_event"].items())
                 + f". The spectators' own event-loop lag: p99 {ms_unit(sp['loop_lag_p99'])}, "
                 f"max {ms_unit(sp['loop_lag_max'])} (when this is large the latencies include the clients' backlog).")
+            server = sp.get("server")
+            if server:
+                add("")
+                add("The realtime processes' own view of the load window (their /metrics): "
+                    + "; ".join(f"{k} commit-to-emit p50 at most {v['p50_at_most_ms']} ms, p99 at most "
+                                f"{v['p99_at_most_ms']} ms ({v['emits']:,} emits)"
+                                for k, v in server.items() if isinstance(v, dict))
+                    + f"; {server.get('broadcasts', 0):,} broadcasts, each {server.get('broadcast_mean_ms')} ms on "
+                    "average from the first read to the last client's write. What the spectators measure beyond "
+                    "this is the kernel, and their own process.")
         add("")
         add("CPU (% of one core): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["cpu"].items())))
     add("")
