@@ -37,6 +37,12 @@ from workers.rules import Outbox, schedule_box_expiry, schedule_claim_release
 log = logging.getLogger("workers.sweeper")
 
 
+def broker_lists(queue: str) -> list[str]:
+    """The Redis lists kombu keeps a queue's waiting messages in: the queue's name, and its name
+    with each priority step (``PRIORITY_SEP`` and the step) for messages sent with a priority."""
+    return [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]
+
+
 class Sweeper:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], live: Live, celery: Celery) -> None:
         self.settings = settings
@@ -69,9 +75,15 @@ class Sweeper:
         # A job stuck behind a long queue is not lost: resend it at most once per
         # several sweep periods so a backlog is not multiplied.
         backoff = self.settings.sweep_after * 4
+        # Nor is a job whose queue still holds messages: the consumer applies every committed job of
+        # its queue whenever it takes one, so a re-send there would only add a no-op message per job
+        # to a queue that is already behind (with one message per job, a backlog would double).
+        busy = set() if everything else self.queues_with_messages({queue for _, _, queue in stale})
         sent = 0
         for job_id, kind, queue in stale:
             key = str(job_id)
+            if queue in busy:
+                continue
             if not everything and now - self._resent.get(key, -backoff) < backoff:
                 continue
             enqueue(self.celery, key, kind, queue)
@@ -82,6 +94,24 @@ class Sweeper:
         if sent:
             log.warning("re-sent %d unfinished job(s)", sent)
         return sent
+
+    def queues_with_messages(self, queues: set[str]) -> set[str]:
+        """The queues whose broker list holds messages now (kombu's Redis transport keeps one list
+        per queue, and one more per priority step when messages carry a priority)."""
+        names = sorted(queues)
+        if not names:
+            return set()
+        try:
+            pipe = self.live.redis.pipeline(transaction=False)
+            for queue in names:
+                for key in broker_lists(queue):
+                    pipe.llen(key)
+            counts = pipe.execute()
+        except Exception:
+            log.warning("could not read the queues' lengths; re-sending as if they were empty", exc_info=True)
+            return set()
+        steps = len(broker_lists(""))
+        return {queue for i, queue in enumerate(names) if any(counts[i * steps:(i + 1) * steps])}
 
     def refresh_leaderboards(self) -> int:
         with self.sessions() as session:

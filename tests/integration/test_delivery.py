@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from models.db import make_sessionmaker
 from models.kinds import REGISTRATIONS, board_queue
@@ -173,6 +173,46 @@ def test_sweeper_resends_a_job_whose_message_was_lost(api: Api, db: Db, settings
         assert job_id not in sent
     finally:
         live.redis.close()
+
+
+def test_sweeper_leaves_a_job_alone_while_its_queue_still_holds_messages(
+        db: Db, settings: Settings, competition: dict[str, Any]) -> None:
+    """With one message per job, a queue that is behind holds a message for each of its jobs, and
+    the consumer applies them all when it takes the next one: a re-send per stale job would only
+    double the backlog (seen from outside: 849 no-op messages added to a busy queue at once)."""
+    competition_id = db.competition(competition["slug"]).id
+    # A queue no consumer takes from, so the test decides what it holds.
+    queue = f"board.sweeper-test-{uuid.uuid4().hex[:8]}"
+    token = "behind-" + uuid.uuid4().hex
+    job_id = insert_job(db, competition_id=competition_id, kind="claim", queue=queue, token=token,
+                        payload={"questionId": "Q1"}, team_id=None, age_seconds=60)
+    live = Live(settings)
+    sent: list[str] = []
+
+    class Recording:
+        def send_task(self, name: str, kwargs: dict[str, Any], queue: str) -> None:
+            sent.append(kwargs["job_id"])
+
+    try:
+        sweeper = Sweeper(settings.with_overrides(sweep_after=30.0), make_sessionmaker(db.engine), live,
+                          Recording())  # type: ignore[arg-type]
+        live.redis.rpush(queue, b"a message the consumer has not taken yet")
+        sweeper.resend_stale_jobs()
+        assert job_id not in sent
+        # Redis lost its data: everything unfinished goes out again, whatever the queues hold.
+        sweeper.resend_stale_jobs(everything=True)
+        assert sent.count(job_id) == 1
+        sent.clear()
+        # Once the queue is empty and the job still is not done, its message was lost: re-sent.
+        live.redis.delete(queue)
+        sweeper._resent.clear()
+        sweeper.resend_stale_jobs()
+        assert sent == [job_id]
+    finally:
+        live.redis.delete(queue)
+        live.redis.close()
+        with db.sessions.begin() as session:
+            session.execute(text("DELETE FROM jobs WHERE id = :id"), {"id": job_id})
 
 
 def test_sweeper_rebuilds_a_lost_leaderboard_cache(api: Api, db: Db, settings: Settings, celery: Celery) -> None:
