@@ -7,9 +7,11 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging
+from kombu import Queue
 
 import logs
 from models.broker import celery_config
+from models.kinds import all_queues
 from settings import Settings
 
 
@@ -17,6 +19,10 @@ def create_celery(settings: Settings) -> Celery:
     # The producers' configuration (models/broker.py) plus the tasks, generated from the job kinds.
     app = Celery("quiz", broker=settings.redis_url, include=["workers.tasks"])
     app.conf.update(celery_config(settings))
+    # Every queue, declared: Flower lists these on its Broker page, with their lengths, even when
+    # it could not ask the workers which queues they consume (it asks once, as it starts, which
+    # under `manage.py up` is before the workers are up, and the answer times out when they are busy).
+    app.conf.task_queues = [Queue(name) for name in all_queues(settings)]
     app.conf.quiz_settings = settings
     if settings.log_format == "json":
 
