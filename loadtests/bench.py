@@ -773,6 +773,9 @@ def realtime_side(before: dict[str, Any] | None, after: dict[str, Any] | None) -
         - sum(s[2] for s in before.get("quiz_realtime_broadcast_seconds", []) if s[0].endswith("_sum"))
     out["broadcasts"] = int(count)
     out["broadcast_mean_ms"] = round(total_seconds / count * 1000, 1) if count else None
+    writes = sum(s[2] for s in after.get("quiz_realtime_broadcast_write_seconds", []) if s[0].endswith("_sum")) \
+        - sum(s[2] for s in before.get("quiz_realtime_broadcast_write_seconds", []) if s[0].endswith("_sum"))
+    out["write_mean_ms"] = round(writes / count * 1000, 1) if count else None
     return out
 
 

@@ -769,8 +769,9 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
                                 f"{v['p99_at_most_ms']} ms ({v['emits']:,} emits)"
                                 for k, v in server.items() if isinstance(v, dict))
                     + f"; {server.get('broadcasts', 0):,} broadcasts, each {server.get('broadcast_mean_ms')} ms on "
-                    "average from the first read to the last client's write. What the spectators measure beyond "
-                    "this is the kernel, and their own process.")
+                    f"average from the first read to the last client's write, of which {server.get('write_mean_ms')} "
+                    "ms writing to the clients. What the spectators measure beyond this is the kernel, and their own "
+                    "process.")
         add("")
         add("CPU (% of one core): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["cpu"].items())))
     add("")

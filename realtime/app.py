@@ -378,6 +378,7 @@ class Coalescer:
         started = time.monotonic()
         reached = self.broadcaster.send(batch)
         state.cost = time.monotonic() - started
+        self.metrics.write.observe(state.cost)
         for event, _ in batch:
             name = event.__struct_config__.tag
             self.metrics.emitted(str(name), getattr(event, "oldest_at", None) or event.at)

@@ -24,7 +24,7 @@ from prometheus_client import (
 from models.events import parse_iso
 from settings import Settings
 
-_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
+_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 _BROADCAST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -40,6 +40,9 @@ class RealtimeMetrics:
                                   "broadcasts", ["event"], registry=self.registry)
         self.broadcast = Histogram("quiz_realtime_broadcast_seconds", "Time to hand one coalesced broadcast "
                                    "to every local client", buckets=_BROADCAST_BUCKETS, registry=self.registry)
+        self.write = Histogram("quiz_realtime_broadcast_write_seconds", "Of a broadcast, the time to write it to "
+                               "every local client (the reads before it excluded)", buckets=_BROADCAST_BUCKETS,
+                               registry=self.registry)
         self.lag = Histogram("quiz_realtime_commit_to_emit_seconds", "From the commit of the (oldest) change "
                              "an event reports to its emit here", ["event"], buckets=_LAG_BUCKETS,
                              registry=self.registry)

@@ -275,6 +275,7 @@ def test_realtime_metrics_scrape(api: Api, listen: Listen, stack: Any) -> None:
     assert grew("quiz_realtime_emits_total", event="score_update") >= 1
     assert grew("quiz_realtime_broadcast_recipients_total", event="leaderboard_update") >= 2
     assert grew("quiz_realtime_broadcast_seconds_count") >= 1
+    assert grew("quiz_realtime_broadcast_write_seconds_count") >= 1
     assert grew("quiz_realtime_commit_to_emit_seconds_count", event="leaderboard_update") >= 1
     assert grew("quiz_realtime_commit_to_emit_seconds_count", event="job_update") >= 1
     assert ("process_cpu_seconds_total", ()) in after
