@@ -184,7 +184,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("migrate", ("python", "-m", "models.migrate"), "one, before the rest", restart=False,
          instances=_one("migrate"), oneshot=True),
     Kind("api", ("gunicorn", "-c", "web/gunicorn_conf.py", "web.wsgi:app"),
-         "one (API_WORKERS processes x API_THREADS threads inside)", restart=True, instances=_one("api")),
+         "one (API_WORKERS gevent processes inside; gthread: x API_THREADS)", restart=True, instances=_one("api")),
     Kind("consumer",
          ("celery", "-A", "workers.celery_app", "worker", "-Q", "{queue}", "-c", "1", "-P", "solo",
           "-n", "{queue}@%h", "--without-gossip", "--without-mingle", "-l", "{log_level}"),

@@ -128,12 +128,18 @@ class Settings:
     api_host: str = setting("127.0.0.1", "Address the API binds to; Flower binds to the same one under `manage.py`.",
                             f"{API}, {LAUNCHER}")
     api_port: int = setting(8000, "The API's port.", f"{API}, {LAUNCHER}")
-    # More processes with fewer threads: under load the GIL hands over badly among many busy
-    # threads (loadtests/README.md, "API workers and threads"). Threads are still needed, as
-    # ``Prefer: wait`` parks one per waiting request.
+    # gevent: a request waiting on ``Prefer: wait`` holds a greenlet, not a thread, and the
+    # process does not hand the GIL around among many busy threads (loadtests/README.md, "API
+    # workers and threads"). gthread stays available for a deployment that cannot use gevent.
+    api_worker_class: str = setting(
+        "gevent", "gunicorn worker class of the API: `gevent` (each request a greenlet; up to "
+        "`API_WORKER_CONNECTIONS` per process) or `gthread` (`API_THREADS` threads per process).", API)
     api_workers: int = setting(3, "gunicorn worker processes of the API.", API)
     api_threads: int = setting(
-        16, "Threads per API process; a request with `Prefer: wait` holds one while it waits.", API)
+        16, "Threads per API process under `API_WORKER_CLASS=gthread`; a request with `Prefer: wait` holds one "
+        "while it waits.", API)
+    api_worker_connections: int = setting(
+        1000, "Concurrent connections per API process under `API_WORKER_CLASS=gevent`.", API)
     realtime_host: str = setting("127.0.0.1", "Address the Socket.IO server binds to.", f"{REALTIME}, {LAUNCHER}")
     realtime_port: int = setting(
         8001, "The Socket.IO port (HAProxy's, when `REALTIME_PROCESSES` is more than 1).", f"{REALTIME}, {LAUNCHER}")
@@ -178,10 +184,12 @@ class Settings:
                                     f"{API}, {REALTIME}")
     max_wait_seconds: int = setting(10, "Longest `Prefer: wait=N` the API honours.", API)
     # Requests of one API process that may wait (``Prefer: wait``) at once, each parking a
-    # thread; 0 means three quarters of API_THREADS, so some threads stay free for other work.
+    # thread or a greenlet; 0 means three quarters of the process's threads or connections, so
+    # some stay free for other work.
     max_waiters: int = setting(
         0, "Requests of one API process that may wait (`Prefer: wait`) at once; 0: three quarters of "
-        "`API_THREADS`.", API, shown="3/4 of `API_THREADS`")
+        "`API_WORKER_CONNECTIONS` (gevent) or of `API_THREADS` (gthread).", API,
+        shown="3/4 of `API_WORKER_CONNECTIONS` or `API_THREADS`")
     max_body_bytes: int = setting(65536, "Largest request body in bytes (413 above); at least 1024.", API)
     sweep_interval: float = setting(5.0, "Seconds between two sweeps.", SWEEPER)
     sweep_after: float = setting(
@@ -233,7 +241,8 @@ class Settings:
 
     @property
     def wait_capacity(self) -> int:
-        return self.max_waiters or max(1, self.api_threads * 3 // 4)
+        concurrency = self.api_worker_connections if self.api_worker_class == "gevent" else self.api_threads
+        return self.max_waiters or max(1, concurrency * 3 // 4)
 
     @property
     def production(self) -> bool:
@@ -281,6 +290,9 @@ class Settings:
         async_mode = env.get("REALTIME_ASYNC_MODE", "eventlet")
         if async_mode not in ("eventlet", "gevent", "threading"):
             raise SettingsError(f"REALTIME_ASYNC_MODE must be eventlet, gevent or threading, got {async_mode!r}")
+        worker_class = env.get("API_WORKER_CLASS", cls.api_worker_class) or cls.api_worker_class
+        if worker_class not in ("gevent", "gthread"):
+            raise SettingsError(f"API_WORKER_CLASS must be gevent or gthread, got {worker_class!r}")
         origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
         log_format = env.get("LOG_FORMAT", "text") or "text"
         if log_format not in ("text", "json"):
@@ -297,8 +309,10 @@ class Settings:
                                     cls.competition_queues, minimum=1),
             api_host=api_host,
             api_port=_int(env, "API_PORT", cls.api_port, minimum=1),
+            api_worker_class=worker_class,
             api_workers=_int(env, "API_WORKERS", cls.api_workers, minimum=1),
             api_threads=_int(env, "API_THREADS", cls.api_threads, minimum=1),
+            api_worker_connections=_int(env, "API_WORKER_CONNECTIONS", cls.api_worker_connections, minimum=1),
             realtime_host=realtime_host,
             realtime_port=_int(env, "REALTIME_PORT", cls.realtime_port, minimum=1),
             realtime_async_mode=async_mode,

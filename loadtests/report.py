@@ -115,6 +115,8 @@ def machine(settings: Any, env: dict[str, str], *, smoke: bool, elapsed: float, 
         "settings": {
             "api_workers": getattr(settings, "api_workers", None),
             "api_threads": getattr(settings, "api_threads", None),
+            # Trees before the gevent default have no such setting: they ran gthread.
+            "api_worker_class": getattr(settings, "api_worker_class", "gthread"),
             "board_queues": getattr(settings, "board_queues", None),
             "competition_queues": getattr(settings, "competition_queues", getattr(settings, "mystery_shards", None)),
             "db_pool_size": getattr(settings, "db_pool_size", None),
@@ -516,7 +518,9 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
     add(f"- machine: {meta['nproc']} cores ({meta['cpu_model']}), {meta['memory_gib']} GiB, Python {meta['python']}, "
         f"{meta['platform']}, {meta['postgres']}")
     s = meta["settings"]
-    add(f"- stack: QUIZ_ENV={s['environment']}, gunicorn {s['api_workers']} workers x {s['api_threads']} threads, "
+    api = (f"gunicorn {s['api_workers']} gevent workers" if s.get("api_worker_class") == "gevent"
+           else f"gunicorn {s['api_workers']} workers x {s['api_threads']} threads")
+    add(f"- stack: QUIZ_ENV={s['environment']}, {api}, "
         f"{s['board_queues']} board queues + registrations + "
         f"{s.get('competition_queues', s.get('mystery_shards'))} competition queue(s), one solo "
         f"Celery consumer each, sweeper, realtime (eventlet); DB pool {s['db_pool_size']}; public broadcasts "
@@ -531,7 +535,8 @@ def write(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> Pat
     if pg:
         add(f"- PostgreSQL max_connections {pg['max_connections']}, of which {pg['others_connections']} were held by "
             "other people's databases when the stack started; the stack may open up to about 75 (gunicorn "
-            f"{s['api_workers']} x at most {s['api_threads']} threads, 6 consumers, realtime, sweeper), so "
+            f"{s['api_workers']} x at most {s['api_threads']} threads or {s['db_pool_size']} pooled connections, "
+            "6 consumers, realtime, sweeper), so "
             "`too many clients` 503s are possible here")
     add(f"- whole run: {meta['elapsed']} s" + (f"; **run error: {meta['error']}**" if meta["error"] else ""))
     if meta.get("command"):

@@ -8,13 +8,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from settings import Settings
 
 
-def make_engine(settings: Settings, pool_size: int | None = None) -> Engine:
+def make_engine(settings: Settings, pool_size: int | None = None, max_overflow: int | None = None) -> Engine:
+    """``max_overflow``: connections opened beyond ``pool_size`` under a burst, each closed again when
+    returned (default: as many as ``pool_size``)."""
     size = pool_size or settings.db_pool_size
     # The app's role (APP_DATABASE_URL), not the owner that migrations run as.
     return create_engine(
         settings.app_database,
         pool_size=size,
-        max_overflow=size,
+        max_overflow=size if max_overflow is None else max_overflow,
         # No ping per checkout: a dropped connection fails one query, is invalidated with the
         # pool, and the API answers that request with a 503.
         pool_pre_ping=False,

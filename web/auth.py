@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import math
 import secrets
+from typing import Any, NamedTuple
 
 import falcon
 from sqlalchemy import bindparam, select
@@ -87,31 +88,66 @@ def require_admin(req: falcon.Request, session: Session, admin_token: str) -> st
                   headers=_CHALLENGE)
 
 
-# Built once: constructing it on every request cost more CPU than running it.
+class CompetitionRef(NamedTuple):
+    """What a team's write needs of its competition: the id (its queue, its job row)."""
+
+    id: int
+
+
+class TeamRef(NamedTuple):
+    """What a team's write needs of the team: no ORM entity, whose loading costs more than the query."""
+
+    id: int
+    competition_id: int
+    token_hash: bytes
+
+
+# Built once: constructing them on every request cost more CPU than running them.
 _COMPETITION_AND_TEAM = (
     select(Competition, Team)
     .outerjoin(Team, Team.token_hash == bindparam("digest"))
     .where(Competition.slug == bindparam("slug"))
 )
+_WRITER = (
+    select(Competition.id, Team.id, Team.competition_id, Team.token_hash)
+    .outerjoin(Team, Team.token_hash == bindparam("digest"))
+    .where(Competition.slug == bindparam("slug"))
+)
 
 
-def competition_and_team(req: falcon.Request, session: Session, slug: str) -> tuple[Competition, Team]:
-    """The competition and the calling team, in one query (the hot path of every team write)."""
+def _caller(req: falcon.Request, session: Session, slug: str, statement: Any) -> tuple[str | None, Any]:
     check_slug(slug)
     token = bearer(req)
     digest = token_hash(token) if token else b""
-    row = session.execute(_COMPETITION_AND_TEAM, {"digest": digest, "slug": slug}).first()
+    row = session.execute(statement, {"digest": digest, "slug": slug}).first()
     if row is None:
         raise competition_not_found(slug)
-    competition, team = row
+    return token, row
+
+
+def _refuse_caller(token: str | None, team_found: bool, same_competition: bool) -> None:
     if token is None:
         raise Problem(falcon.HTTP_401, "unauthorized", "Authentication required",
                       "this endpoint needs the teamToken from registration as a Bearer token",
                       headers=_CHALLENGE)
-    if team is None:
+    if not team_found:
         raise Problem(falcon.HTTP_401, "unauthorized", "Authentication required",
                       "the token is not valid (a new registration may still be in progress)",
                       headers=_CHALLENGE)
-    if team.competition_id != competition.id:
+    if not same_competition:
         raise Problem(falcon.HTTP_403, "forbidden", "Forbidden", "the token belongs to another competition")
+
+
+def competition_and_team(req: falcon.Request, session: Session, slug: str) -> tuple[Competition, Team]:
+    """The competition and the calling team, in one query."""
+    token, (competition, team) = _caller(req, session, slug, _COMPETITION_AND_TEAM)
+    _refuse_caller(token, team is not None, team is not None and team.competition_id == competition.id)
     return competition, team
+
+
+def writer(req: falcon.Request, session: Session, slug: str) -> tuple[CompetitionRef, TeamRef]:
+    """The competition and the calling team of a team's write (the hot path of a live round), in one
+    query of four columns; the same refusals as ``competition_and_team``."""
+    token, (competition_id, team_id, team_competition, digest) = _caller(req, session, slug, _WRITER)
+    _refuse_caller(token, team_id is not None, team_competition == competition_id)
+    return CompetitionRef(competition_id), TeamRef(team_id, team_competition, digest)

@@ -14,7 +14,7 @@ from models.broker import producer
 from models.db import make_autocommit_sessionmaker, make_engine, make_sessionmaker
 from models.live import Live, redis_client
 from settings import Settings
-from web.waiter import JobWaiter
+from web.waiter import JobWaiter, job_reader
 
 
 @dataclass
@@ -32,7 +32,9 @@ class Deps:
 
     @classmethod
     def create(cls, settings: Settings) -> Deps:
-        engine = make_engine(settings)
+        # Under gevent a burst of requests would open overflow connections and close each again at
+        # once (a PostgreSQL backend started per burst); greenlets queue for a pooled one instead.
+        engine = make_engine(settings, max_overflow=0 if settings.api_worker_class == "gevent" else None)
         client = redis_client(settings.redis_url)
         live = Live(settings, client)
         return cls(
@@ -47,6 +49,9 @@ class Deps:
                 redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=30),
                 live.jobs_channel,
                 settings.wait_capacity,
+                # A connection of its own, so that telling waiters their jobs finished never queues
+                # behind the requests for the request pool's connections.
+                job_reader(make_engine(settings, pool_size=1, max_overflow=2)),
             ),
             sio=socketio.RedisManager(settings.redis_url, channel=live.socketio_channel, write_only=True),
         )

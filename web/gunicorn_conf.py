@@ -37,9 +37,13 @@ if _settings.log_format == "json":
 
 bind = f"{_settings.api_host}:{_settings.api_port}"
 workers = _settings.api_workers
-# Threads, because ``Prefer: wait`` parks a request until its job finishes.
-worker_class = "gthread"
+# ``Prefer: wait`` parks a request until its job finishes: under gevent that is a greenlet, not a
+# thread. gevent's worker monkey-patches the process before it imports the app, so psycopg picks
+# its cooperative wait (it checks for gevent's patching at import) and the job waiter's listener
+# and locks become greenlet-friendly. Nothing imported by this file may import psycopg or redis.
+worker_class = _settings.api_worker_class
 threads = _settings.api_threads
+worker_connections = _settings.api_worker_connections
 preload_app = False
 keepalive = 5
 timeout = 30
@@ -76,3 +80,15 @@ def child_exit(server: object, worker: object) -> None:
 def on_exit(server: object) -> None:
     if _own_metrics_dir:
         shutil.rmtree(_metrics_dir, ignore_errors=True)
+
+
+def post_worker_init(worker: object) -> None:
+    if worker_class != "gevent":
+        return
+    import psycopg.waiting
+
+    # psycopg's C wait blocks the whole process, every greenlet with it; it is chosen at import
+    # unless gevent had patched ``select`` first. Fail loudly rather than serve one request at a time.
+    if psycopg.waiting.wait is getattr(psycopg.waiting, "wait_c", None):
+        raise RuntimeError("psycopg was imported before gevent patched the process; its waits would block "
+                           "every greenlet (is something in web/gunicorn_conf.py importing it?)")

@@ -1,13 +1,17 @@
-"""``Prefer: wait=N``: block a request thread until its job finishes, without polling.
+"""``Prefer: wait=N``: park a request until its job finishes, without polling.
 
-One subscriber thread per process listens on the jobs channel. A request takes a ticket for
-its job id *before* the job row is inserted, so a consumer that is already draining the queue
-cannot finish the job unseen. A published finish can still be lost (Redis restarted, the
-subscriber reconnecting), so a waiter also re-reads its job every ``RECHECK`` seconds: a lost
-message costs at most that, never the whole wait.
+Each API process has one listener on the jobs channel, shared by all its waiting requests. A
+request takes a ticket for its job id *before* the job row is inserted, so a consumer that is
+already draining the queue cannot finish the job unseen. When the channel announces finishes,
+the listener reads every announced job with a ticket in one query, on a connection of its own,
+and hands each waiter its row; a waiter itself reads nothing, so waiting costs neither a query
+nor a pooled connection per request. A published finish can still be lost (Redis restarted, the
+listener reconnecting), so every waiting job is also re-read once every ``RECHECK`` seconds, all
+in one query: a lost message costs at most that, never the whole wait.
 
-Waiting parks a request thread, so the number of waiters per process is capped; past the cap a
-write answers 202 at once and the client polls or listens for ``job_update``.
+Waiting parks a greenlet under gunicorn's gevent worker and a thread under gthread, so the number
+of waiters per process is capped (``Settings.wait_capacity``); past the cap a write answers 202
+at once and the client polls or listens for ``job_update``.
 """
 
 from __future__ import annotations
@@ -15,75 +19,135 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgspec
 import redis
+from sqlalchemy import Engine, Uuid, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from models.events import decode_job_finished
+from models.tables import Job
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-# How long a waiter trusts the channel before it re-reads its job from the database.
+# How long a waiter trusts the channel before its job is re-read from the database.
 RECHECK = 0.5
+
+# A reader: the finished jobs among the given ids (rows with at least ``id``).
+Reader = Callable[[Sequence[str]], Sequence[Any]]
+
+# The columns of the REST view of a job (models.events.job_view), as plain columns: built once.
+JOB_VIEW_COLUMNS = (Job.id, Job.kind, Job.status, Job.created_at, Job.finished_at, Job.result, Job.error,
+                    Job.owner_hash)
+_FINISHED = select(*JOB_VIEW_COLUMNS).where(
+    Job.id == any_(bindparam("ids", type_=ARRAY(Uuid()))), Job.status.in_(("succeeded", "failed")))
+
+
+def job_reader(engine: Engine) -> Reader:
+    """Reads finished jobs on an autocommit connection: one round trip, no BEGIN or ROLLBACK."""
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    def read(ids: Sequence[str]) -> Sequence[Any]:
+        with autocommit.connect() as connection:
+            return connection.execute(_FINISHED, {"ids": [uuid.UUID(i) for i in ids]}).all()
+
+    return read
 
 
 class Ticket:
-    """One request's claim on a job's finish."""
+    """One request's claim on a job's finish; the reader leaves the finished job's row in ``job``."""
 
-    __slots__ = ("event", "job_id")
+    __slots__ = ("event", "job", "job_id")
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         self.event = threading.Event()
+        self.job: Any = None
 
 
 class JobWaiter:
-    def __init__(self, client: redis.Redis, channel: str, capacity: int) -> None:
+    def __init__(self, client: redis.Redis, channel: str, capacity: int, read: Reader) -> None:
         self._redis = client
         self._channel = channel
         self.capacity = capacity
+        self._read = read
         self._tickets: dict[str, Ticket] = {}
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._ready = threading.Event()
 
     def _ensure_started(self) -> None:
-        # Started on first use, i.e. in the gunicorn worker after fork.
-        if self._thread is None or not self._thread.is_alive():
-            with self._lock:
-                if self._thread is None or not self._thread.is_alive():
-                    self._thread = threading.Thread(target=self._listen, name="job-waiter", daemon=True)
-                    self._thread.start()
-            self._ready.wait(2.0)
+        # Started on first use, i.e. in the gunicorn worker after fork (and after gevent's patching);
+        # a thread that died is started again.
+        if len(self._threads) == 2 and all(t.is_alive() for t in self._threads):
+            return
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            running = {t.name for t in self._threads}
+            for name, target in (("job-waiter", self._listen), ("job-recheck", self._recheck)):
+                if name not in running:
+                    thread = threading.Thread(target=target, name=name, daemon=True)
+                    thread.start()
+                    self._threads.append(thread)
+        self._ready.wait(2.0)
 
     def _listen(self) -> None:
         while True:
             try:
                 pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self._channel)
-                # Finishes published while the subscriber was away are found by the re-reads.
+                # Finishes published while the listener was away are found by the re-reads.
                 self._ready.set()
                 for message in pubsub.listen():
-                    data = message.get("data")
-                    if not isinstance(data, bytes):
-                        continue
-                    try:
-                        job_id = decode_job_finished(data).job_id
-                    except msgspec.ValidationError:
-                        log.warning("ignoring a malformed jobs-channel message: %r", data[:200])
-                        continue
-                    with self._lock:
-                        ticket = self._tickets.get(job_id)
-                    if ticket is not None:
-                        ticket.event.set()
+                    due = self._announced(message)
+                    # A consumer announces a batch at once: take every message already received,
+                    # then read all their jobs in one query.
+                    while (more := pubsub.get_message(timeout=0.0)) is not None:
+                        due |= self._announced(more)
+                    if due:
+                        self._deliver(due)
             except Exception:
                 self._ready.clear()
                 log.warning("job waiter lost Redis; reconnecting", exc_info=True)
                 time.sleep(0.5)
+
+    def _announced(self, message: dict[str, Any]) -> set[str]:
+        data = message.get("data")
+        if not isinstance(data, bytes):
+            return set()
+        try:
+            job_id = decode_job_finished(data).job_id
+        except msgspec.ValidationError:
+            log.warning("ignoring a malformed jobs-channel message: %r", data[:200])
+            return set()
+        # Every API process hears every finish; only this process's waiters matter.
+        return {job_id} if job_id in self._tickets else set()
+
+    def _recheck(self) -> None:
+        while True:
+            time.sleep(RECHECK)
+            with self._lock:
+                ids = set(self._tickets)
+            if ids:
+                self._deliver(ids)
+
+    def _deliver(self, ids: set[str]) -> None:
+        """Read the finished jobs among ``ids`` in one query and wake their waiters."""
+        try:
+            rows = self._read(sorted(ids))
+        except Exception:
+            # The database is away: the waiters' own last read at their deadline reports it.
+            log.warning("job waiter could not read %d job(s)", len(ids), exc_info=True)
+            return
+        with self._lock:
+            found = [(self._tickets.get(str(row.id)), row) for row in rows]
+        for ticket, row in found:
+            if ticket is not None:
+                ticket.job = row
+                ticket.event.set()
 
     @property
     def waiting(self) -> int:
@@ -99,19 +163,16 @@ class JobWaiter:
             self._tickets[job_id] = ticket
         return ticket
 
-    def wait(self, ticket: Ticket, timeout: float, read: Callable[[], T | None]) -> T | None:
-        """Wait up to ``timeout`` s for the job; ``read`` returns it once finished, else None.
+    def wait(self, ticket: Ticket, timeout: float) -> Any:
+        """The finished job's row (the columns of ``JOB_VIEW_COLUMNS``), or None after ``timeout`` s.
 
-        Reads the job when the channel says it finished, and every ``RECHECK`` s regardless.
+        At the deadline the job is read once more, so a finish that came in the last instant is
+        not answered with a 202.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            ticket.event.wait(max(0.0, min(RECHECK, remaining)))
-            ticket.event.clear()
-            found = read()
-            if found is not None or time.monotonic() >= deadline:
-                return found
+        if ticket.event.wait(timeout) and ticket.job is not None:
+            return ticket.job
+        rows = self._read([ticket.job_id])
+        return rows[0] if rows else None
 
     def release(self, ticket: Ticket) -> None:
         with self._lock:

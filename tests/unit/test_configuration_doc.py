@@ -17,7 +17,7 @@ REGENERATE = ".venv/bin/python -m settings > docs/configuration.md"
 # Hosts stay on loopback, where the development admin token is allowed.
 _PROBES = {"QUIZ_ENV": "staging", "REALTIME_ASYNC_MODE": "threading", "LOG_LEVEL": "DEBUG", "LOG_FORMAT": "json",
            "CORS_ORIGINS": "https://a.example,https://b.example", "API_HOST": "127.0.0.2",
-           "REALTIME_HOST": "127.0.0.2"}  # fmt: skip
+           "REALTIME_HOST": "127.0.0.2", "API_WORKER_CLASS": "gthread"}  # fmt: skip
 
 
 def _probe(env: str, default: Any) -> str:

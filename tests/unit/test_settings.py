@@ -176,3 +176,13 @@ def test_new_limits_and_retention_are_read() -> None:
     assert Settings.from_env({}).app_database == Settings.from_env({}).database_url
     with pytest.raises(SettingsError, match="JOB_RETENTION_SECONDS"):
         Settings.from_env({"JOB_RETENTION_SECONDS": "5"})
+
+
+def test_the_api_worker_class_sets_how_many_requests_may_wait() -> None:
+    assert Settings.from_env({}).api_worker_class == "gevent"
+    assert Settings.from_env({}).wait_capacity == 750
+    assert Settings.from_env({"API_WORKER_CONNECTIONS": "100"}).wait_capacity == 75
+    assert Settings.from_env({"API_WORKER_CLASS": "gthread", "API_THREADS": "16"}).wait_capacity == 12
+    assert Settings.from_env({"API_WORKER_CLASS": "gthread", "MAX_WAITERS": "5"}).wait_capacity == 5
+    with pytest.raises(SettingsError, match="API_WORKER_CLASS"):
+        Settings.from_env({"API_WORKER_CLASS": "sync"})

@@ -17,11 +17,12 @@ from sqlalchemy.orm import Session
 from models import failpoints
 from models.broker import enqueue
 from models.events import job_view
-from models.tables import Competition, Job
-from web.auth import replay_may_see_token, team_token
+from models.tables import Competition, Job, Team
+from web.auth import CompetitionRef, replay_may_see_token, team_token
 from web.deps import Deps
 from web.errors import Problem, check_slug, competition_not_found, invalid
 from web.media import write_json
+from web.waiter import JOB_VIEW_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,32 @@ def _insert_job(source: Any = None) -> Any:
 _INSERT_JOB = _insert_job()
 
 
+def _insert_team_job() -> Any:
+    """A team's write as one statement: the INSERT finds the team by its token within the
+    competition, so authenticating the caller costs no round trip of its own. Nothing is inserted
+    for an unknown token, a token of another competition, or a replayed Idempotency-Key."""
+    jobs = Job.__table__
+    names = ("id", "kind", "queue", "payload", "idempotency_key", "request_id")
+    source = (
+        select(*(bindparam(name, type_=getattr(Job, name).type) for name in names),
+               Team.id, Team.competition_id, Team.token_hash)
+        .where(Team.token_hash == bindparam("owner_hash"), Team.competition_id == bindparam("competition_id"))
+    )
+    statement = pg_insert(jobs).from_select([*names, "team_id", "competition_id", "owner_hash"], source)
+    return statement.on_conflict_do_nothing(
+        index_elements=[jobs.c.owner_hash, jobs.c.idempotency_key],
+        index_where=jobs.c.idempotency_key.is_not(None),
+    ).returning(jobs.c.id)
+
+
+_INSERT_TEAM_JOB = _insert_team_job()
+
+
+class CallerUnknown(Exception):
+    """``accept_job(find_team=True)`` found no team of that token in that competition: the caller
+    looks the team up (which answers 401, 403 or 404) and tries again."""
+
+
 def _insert_registration() -> Any:
     """A registration's only query: finds the competition by slug, checks its registration code and
     records the job. A registration has no owner yet, so a retried Idempotency-Key conflicts on
@@ -127,7 +154,7 @@ def accept_job(
     resp: falcon.Response,
     deps: Deps,
     *,
-    competition: Competition | str,
+    competition: Competition | CompetitionRef | str,
     kind: str,
     queue: str,
     payload: dict[str, Any],
@@ -137,11 +164,14 @@ def accept_job(
     session: Session | None = None,
     token_seed: bytes | None = None,
     registration_code: str | None = None,
+    find_team: bool = False,
 ) -> None:
     """Record the job, commit, enqueue, and answer 202 (or 200 if ``Prefer: wait`` was met).
 
     ``competition`` is just a slug for a registration: the INSERT then finds the competition
     (and checks its registration code) itself, which saves a registration round trips.
+    ``find_team``: the INSERT finds the team whose token hashes to ``owner_hash`` in
+    ``competition`` itself (``team_id`` is ignored), or raises ``CallerUnknown``.
     ``session`` defaults to the request's; team writes pass an autocommit session, as the job
     row is the only thing they write.
     """
@@ -167,6 +197,8 @@ def accept_job(
             check_slug(competition)
             inserted = session.scalar(_INSERT_REGISTRATION, {**values, "slug": competition, "token_seed": token_seed,
                                                              "code": registration_code})
+        elif find_team:
+            inserted = session.scalar(_INSERT_TEAM_JOB, {**values, "competition_id": competition.id})
         else:
             inserted = session.scalar(_INSERT_JOB, {**values, "competition_id": competition.id})
         if inserted is None:
@@ -177,7 +209,10 @@ def accept_job(
                 extra = ({"teamToken": team_token(deps.settings, existing.token_seed)}
                          if existing.token_seed is not None and replay_may_see_token(key) else None)
             else:
-                existing = session.scalar(select(Job).where(Job.owner_hash == owner_hash, Job.idempotency_key == key))
+                existing = None if key is None else session.scalar(
+                    select(Job).where(Job.owner_hash == owner_hash, Job.idempotency_key == key))
+                if find_team and (existing is None or existing.competition_id != competition.id):
+                    raise CallerUnknown
             if existing is None:
                 raise Problem(falcon.HTTP_409, "conflict", "Conflict",
                               "the request conflicts with the current state; retry")
@@ -193,7 +228,7 @@ def accept_job(
             # The job row is committed; the sweeper re-sends it once the broker is back.
             log.exception("enqueue of job %s failed; the sweeper will re-send it", job_id)
         if ticket is not None:
-            job = deps.waiter.wait(ticket, wait, lambda: _finished_job(session, job_id))
+            job = deps.waiter.wait(ticket, wait)
             if job is not None:
                 resp.set_header("Preference-Applied", f"wait={wait}")
                 respond_with_job(resp, job, extra=extra, finished=True)
@@ -208,13 +243,11 @@ def accept_job(
     write_json(resp, body, falcon.HTTP_202)
 
 
-def _finished_job(session: Session, job_id: uuid.UUID) -> Job | None:
-    session.expire_all()
-    job = session.get(Job, job_id)
-    return job if job is not None and job.status in ("succeeded", "failed") else None
+# Plain columns, not an ORM entity, built once: polls are most of a busy API's queries.
+JOB_FOR_VIEW = select(*JOB_VIEW_COLUMNS).where(Job.id == bindparam("job_id"))
 
 
-def respond_with_job(resp: falcon.Response, job: Job, *, extra: dict[str, Any] | None = None,
+def respond_with_job(resp: falcon.Response, job: Any, *, extra: dict[str, Any] | None = None,
                      finished: bool = False, replayed: bool = False) -> None:
     body = job_view(job)
     if extra:

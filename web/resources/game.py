@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import falcon
-from sqlalchemy import bindparam, exists, select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from models.events import job_view
@@ -15,12 +15,22 @@ from models.live import FrozenBoards, iso, utcnow
 from models.names import InvalidName, normalise_name
 from models.ranking import frozen_board, is_frozen, leaderboard, rank_of
 from models.tables import Claim, Job, MysteryBox, Question, Submission, Team
-from web.auth import bearer, competition_and_team, is_admin, new_token_seed, team_token, token_hash
+from web.auth import (
+    CompetitionRef,
+    TeamRef,
+    bearer,
+    competition_and_team,
+    is_admin,
+    new_token_seed,
+    team_token,
+    token_hash,
+    writer,
+)
 from web.deps import Deps
 from web.errors import Problem, invalid
 from web.media import read_body, write_json
 from web.ratelimit import too_many
-from web.resources.common import accept_job, get_competition, next_cursor, page_params
+from web.resources.common import JOB_FOR_VIEW, CallerUnknown, accept_job, get_competition, next_cursor, page_params
 from web.schemas import BuyMysteryBox, ClaimQuestion, RegisterTeam, SubmitAnswer
 
 
@@ -109,11 +119,18 @@ class TeamMe:
         })
 
 
+# Competition ids by slug, remembered by this process for the team writes' one-statement path. A
+# slug never changes and a competition is never deleted; even so, the INSERT also checks the team's
+# competition, so a wrong id costs the lookup the write would otherwise have made, never a job.
+_COMPETITION_IDS: dict[str, int] = {}
+
+
 class TeamWrite:
     """A team's write: authenticate, validate, record the job and enqueue it.
 
     The hot path of a live round, so it runs on an autocommit session: two statements (the
-    competition and team lookup, the job INSERT), each one round trip, no BEGIN or COMMIT.
+    competition and team lookup, the job INSERT), each one round trip, no BEGIN or COMMIT, and
+    no ORM entity loaded.
     """
 
     kind: JobKind
@@ -129,18 +146,51 @@ class TeamWrite:
     def payload(self, body: Any) -> dict[str, Any]:
         return {}
 
-    def check(self, team: Team) -> None:
+    def check(self, team: TeamRef) -> None:
         """Refusals that need the team but no job."""
+
+    def folds_lookup(self) -> bool:
+        """Whether the team can be looked up by the job's INSERT itself (``check`` needs no team)."""
+        return True
 
     def write(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         with self.deps.autocommit() as session:
-            competition, team = competition_and_team(req, session, slug)
+            competition_id = _COMPETITION_IDS.get(slug)
+            token = bearer(req) if competition_id is not None else None
+            if competition_id is not None and token is not None and self.folds_lookup():
+                self._write_folded(req, resp, session, slug, CompetitionRef(competition_id), token)
+                return
+            competition, team = writer(req, session, slug)
+            _COMPETITION_IDS[slug] = competition.id
             body = read_body(req, self.schema, self.deps.settings.max_body_bytes) if self.schema else None
             self.check(team)
-            accept_job(req, resp, self.deps, competition=competition, kind=self.kind.name,
-                       queue=self.kind.queue(self.deps.settings, competition.id, self.question(body)),
-                       payload=self.payload(body),
-                       owner_hash=team.token_hash, team_id=team.id, session=session)
+            self._accept(req, resp, session, competition, body, team)
+
+    def _write_folded(self, req: falcon.Request, resp: falcon.Response, session: Session, slug: str,
+                      competition: CompetitionRef, token: str) -> None:
+        """One statement for the whole write: the job's INSERT authenticates the team."""
+        try:
+            body = read_body(req, self.schema, self.deps.settings.max_body_bytes) if self.schema else None
+        except Problem:
+            # An unknown token is answered before a bad body, as on the lookup-first path.
+            writer(req, session, slug)
+            raise
+        try:
+            self._accept(req, resp, session, competition, body, None, token_hash(token))
+        except CallerUnknown:
+            # Answers 401, 403 or 404 as the lookup-first path does; a team it does find means the
+            # remembered competition id was stale, so the write goes through with the one it found.
+            found, team = writer(req, session, slug)
+            _COMPETITION_IDS[slug] = found.id
+            self._accept(req, resp, session, found, body, team)
+
+    def _accept(self, req: falcon.Request, resp: falcon.Response, session: Session, competition: CompetitionRef,
+                body: Any, team: TeamRef | None, digest: bytes | None = None) -> None:
+        accept_job(req, resp, self.deps, competition=competition, kind=self.kind.name,
+                   queue=self.kind.queue(self.deps.settings, competition.id, self.question(body)),
+                   payload=self.payload(body),
+                   owner_hash=team.token_hash if team is not None else digest or b"",
+                   team_id=team.id if team is not None else None, session=session, find_team=team is None)
 
 
 class Claims(TeamWrite):
@@ -167,7 +217,11 @@ class Submissions(TeamWrite):
     def payload(self, body: SubmitAnswer) -> dict[str, Any]:
         return {"questionId": body.question_id, "answer": body.answer}
 
-    def check(self, team: Team) -> None:
+    def folds_lookup(self) -> bool:
+        # The wrong-answer limit is counted per team, before the job exists.
+        return not self.deps.settings.wrong_answer_limit
+
+    def check(self, team: TeamRef) -> None:
         limit = self.deps.settings.wrong_answer_limit
         if limit:
             wrong, reset = self.deps.live.wrong_answers(team.id)
@@ -196,11 +250,6 @@ class CurrentMysteryBox(TeamWrite):
         self.write(req, resp, slug)
 
 
-# Plain columns, not an ORM entity, built once: polls are most of a busy API's requests.
-_JOB_FOR_POLL = select(Job.id, Job.kind, Job.status, Job.created_at, Job.finished_at, Job.result, Job.error,
-                       Job.owner_hash).where(Job.id == bindparam("job_id"))
-
-
 class JobItem:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
@@ -212,7 +261,7 @@ class JobItem:
             raise Problem(falcon.HTTP_401, "unauthorized", "Authentication required",
                           "send the teamToken (or the organiser token) as a Bearer token",
                           headers={"WWW-Authenticate": 'Bearer realm="quiz"'})
-        job = session.execute(_JOB_FOR_POLL, {"job_id": job_id}).first()
+        job = session.execute(JOB_FOR_VIEW, {"job_id": job_id}).first()
         digest = token_hash(token)
         if job is not None and (is_admin(token, self.deps.settings.admin_token) or job.owner_hash == digest):
             write_json(resp, job_view(job))
