@@ -299,12 +299,13 @@ def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str | None
         # The named job does not exist (purged): nothing was taken.
         return None, 0, None
     failpoints.pause(ctx.settings, f"consumer-after-commit.{queue}")
+    tally = _tally(batch, run_seconds, queue) if batch else None
     if announcements:
-        ctx.publisher.announce_all(announcements, utcnow())
+        # The metrics ride on the announcements' last round trip, after the events.
+        ctx.publisher.announce_all(announcements, utcnow(), tally)
         _send_created_jobs(ctx, announcements)
-    if batch:
-        # After the announcements, so counting never delays an event.
-        _tally(batch, run_seconds, queue).flush(ctx.live.redis, ctx.settings.redis_prefix)
+    elif tally is not None:
+        tally.flush(ctx.live.redis, ctx.settings.redis_prefix)
     if crashed:
         raise JobCrashed(f"job {job_id} crashed; retrying")
     return named, len(taken), queue
@@ -362,5 +363,5 @@ def fail_job(ctx: WorkerContext, job_id: uuid.UUID, code: str, message: str) -> 
         session.refresh(job, ["finished_at"])
         competition = session.get(Competition, job.competition_id)
         assert competition is not None
-    ctx.publisher.announce_all([Announcement(competition, job, Outbox())], utcnow())
-    _tally([job], {}, job.queue, batched=False).flush(ctx.live.redis, ctx.settings.redis_prefix)
+    ctx.publisher.announce_all([Announcement(competition, job, Outbox())], utcnow(),
+                               _tally([job], {}, job.queue, batched=False))
