@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import setup_logging
 from celery.worker.consumer import Consumer
+from kombu.transport import redis as kombu_redis
 
 import logs
 from models.broker import celery_config
@@ -46,11 +47,37 @@ class EventBatchingConsumer(Consumer):
         super().shutdown()
 
 
+def _one_redis_client_per_channel() -> None:
+    """Make kombu's Redis channel reuse one client object for its synchronous commands.
+
+    kombu builds a new ``redis.Redis`` object (on the channel's shared connection pool) for every
+    such command: the unacked bookkeeping of each delivered message, its ack, each event publish.
+    Building one fills a dict of a few hundred response callbacks, a few percent of a consumer's
+    CPU with one message per job. The object holds no connection of its own (each command takes
+    one from the pool), so one per channel and pool does the same work.
+    """
+    build = kombu_redis.Channel._create_client
+    if getattr(build, "reuses_client", False):
+        return
+
+    def create_client(channel: Any, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            return build(channel, asynchronous=True)
+        client = channel.__dict__.get("_quiz_client")
+        if client is None or client.connection_pool is not channel.pool:
+            client = channel.__dict__["_quiz_client"] = build(channel)
+        return client
+
+    create_client.reuses_client = True  # type: ignore[attr-defined]
+    kombu_redis.Channel._create_client = create_client  # type: ignore[method-assign]
+
+
 def create_celery(settings: Settings) -> Celery:
     # The producers' configuration (models/broker.py) plus the tasks, generated from the job kinds.
     app = Celery("quiz", broker=settings.redis_url, include=["workers.tasks"])
     app.conf.update(celery_config(settings))
     app.conf.worker_consumer = f"{__name__}:EventBatchingConsumer"
+    _one_redis_client_per_channel()
     app.conf.quiz_settings = settings
     if settings.log_format == "json":
 
