@@ -135,19 +135,45 @@ class Live:
         return [f"{self.prefix}:lb:{competition_id}", f"{self.prefix}:lbt:{competition_id}"]
 
     def update(self, competition_id: int, standings: list[Standing], pipe: Any = None) -> None:
-        """Patch some teams' standings (a worker after its commit)."""
+        """Patch some teams' standings (a worker after its commit).
+
+        On a pipeline the script is called by its SHA alone: run the pipeline with ``execute``.
+        """
         if not standings:
             return
         keys = self._keys(competition_id)
         target = pipe if pipe is not None else self.redis.pipeline(transaction=False)
         for s in standings:
-            self._update(
-                keys=keys,
-                args=[s.team_id, s.version, _member(s), s.points, s.name, "1" if s.visible else "0"],
-                client=target,
-            )
+            target.evalsha(self._update.sha, 2, *keys,
+                           s.team_id, s.version, _member(s), s.points, s.name, "1" if s.visible else "0")
         if pipe is None:
-            target.execute()
+            self.execute(target)
+
+    def execute(self, pipe: Any) -> list[Any]:
+        """Run a pipeline whose scripts are called by SHA, as ``update`` and ``queue_rank`` queue them.
+
+        redis-py would ask Redis whether it knows a pipeline's scripts (SCRIPT EXISTS) before
+        every pipeline: one round trip more per batch. Redis forgets them only when it restarts
+        or is flushed; then the scripts are loaded and just their calls run again, which is safe
+        because each is guarded by the team's version or only reads. The first error is raised
+        once every command has run, as ``pipe.execute()`` does.
+        """
+        stack = list(pipe.command_stack)
+        results = pipe.execute(raise_on_error=False)
+        missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
+        if missing:
+            for script in (self._update, self._top, self._rank):
+                self.redis.script_load(script.script)
+            again = self.redis.pipeline(transaction=False)
+            for i in missing:
+                args, options = stack[i]
+                again.execute_command(*args, **options)
+            for i, result in zip(missing, again.execute(raise_on_error=False), strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
 
     def rebuild(self, competition_id: int, standings: list[Standing]) -> None:
         """Write every team of the competition, read from PostgreSQL, and mark the board complete.
@@ -158,7 +184,7 @@ class Live:
         pipe = self.redis.pipeline(transaction=False)
         self.update(competition_id, standings, pipe)
         pipe.hset(self._keys(competition_id)[1], COMPLETE, "1")
-        pipe.execute()
+        self.execute(pipe)
 
     def top(self, competition_id: int, limit: int) -> list[dict[str, Any]]:
         flat = self._top(keys=self._keys(competition_id), args=[limit])
@@ -169,7 +195,7 @@ class Live:
 
     def queue_rank(self, competition_id: int, team_id: int, pipe: Any) -> None:
         """Queue a rank look-up on a pipeline; its result is the 0-based rank or None."""
-        self._rank(keys=self._keys(competition_id), args=[team_id], client=pipe)
+        pipe.evalsha(self._rank.sha, 2, *self._keys(competition_id), team_id)
 
     def has_board(self, competition_id: int) -> bool:
         """Whether the cached board is whole (rebuilt from PostgreSQL since Redis last lost it)."""

@@ -91,16 +91,20 @@ class Tally:
             return
         try:
             pipe = client.pipeline(transaction=False)
-            for (series, field), value in self.added.items():
-                if field.endswith(_SEP + _SUM) or not float(value).is_integer():
-                    pipe.hincrbyfloat(_key(prefix, series), field, value)
-                else:
-                    pipe.hincrby(_key(prefix, series), field, int(value))
-            for (series, field), value in self.gauges.items():
-                pipe.hset(_key(prefix, series), field, value)
+            self.queue(pipe, prefix)
             pipe.execute()
         except redis.RedisError:
             log.warning("could not record metrics", exc_info=True)
+
+    def queue(self, pipe: Any, prefix: str) -> None:
+        """Queue everything on a pipeline someone else executes (a consumer's last round trip)."""
+        for (series, field), value in self.added.items():
+            if field.endswith(_SEP + _SUM) or not float(value).is_integer():
+                pipe.hincrbyfloat(_key(prefix, series), field, value)
+            else:
+                pipe.hincrby(_key(prefix, series), field, int(value))
+        for (series, field), value in self.gauges.items():
+            pipe.hset(_key(prefix, series), field, value)
         self.added.clear()
         self.gauges.clear()
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import Engine, bindparam, exists, func, select, text, update
+from sqlalchemy import Engine, bindparam, exists, func, literal_column, select, text, union_all, update
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 import logs
@@ -49,17 +49,44 @@ REMEMBERED = 20_000
 
 
 # Built once and run with bound parameters (building costs more CPU than a quiet queue's job).
-_JOB_STATUS = select(Job.status, Job.queue, Job.error).where(Job.id == bindparam("job_id"))
-_ANY_QUEUED = select(exists().where(Job.queue == bindparam("queue"), Job.status == "queued"))
-_LOCK_JOB = select(Job).where(Job.id == bindparam("job_id")).with_for_update()
-# The waiting jobs besides the named one (``job_id`` may be NULL: ``IS DISTINCT FROM`` keeps them all).
+# 'queued' is written into the SQL, not bound: the partial index on waiting jobs (status =
+# 'queued') then matches even a generic plan of a statement psycopg has prepared.
+_QUEUED = literal_column("'queued'")
+_ANY_QUEUED = select(exists().where(Job.queue == bindparam("queue"), Job.status == _QUEUED))
+# The waiting jobs of a queue, oldest first, each with its competition (a drain names no job).
 _TAKE_QUEUED = (
-    select(Job)
-    .where(Job.queue == bindparam("queue"), Job.status == "queued", Job.id.is_distinct_from(bindparam("job_id")))
+    select(Job, Competition)
+    .join(Competition, Competition.id == Job.competition_id)
+    .where(Job.queue == bindparam("queue"), Job.status == _QUEUED)
     .order_by(Job.created_at)
     .limit(bindparam("limit"))
-    .with_for_update(skip_locked=True)
+    .with_for_update(of=Job, skip_locked=True)
 )
+
+
+def _take_named() -> Any:
+    """A message's job, locked (waiting for whoever holds it), with the oldest others of its queue.
+
+    One round trip where it took three (read the job's status, lock it, take the others): the
+    named job's queue comes from its own row, its lock is taken first and waited for as before,
+    and the others are taken with ``SKIP LOCKED``. A named job that is missing takes nothing; one
+    already finished comes back as it is, with the jobs still waiting on its queue.
+    """
+    named = select(Job).where(Job.id == bindparam("job_id")).with_for_update().cte("named")
+    rest = (
+        select(Job)
+        .where(Job.queue == select(named.c.queue).scalar_subquery(), Job.status == _QUEUED,
+               Job.id != bindparam("job_id"))
+        .order_by(Job.created_at)
+        .limit(bindparam("limit"))
+        .with_for_update(skip_locked=True)
+        .cte("rest")
+    )
+    taken = aliased(Job, union_all(select(named), select(rest)).subquery("taken"))
+    return select(taken, Competition).join(Competition, Competition.id == taken.competition_id)
+
+
+_TAKE_NAMED = _take_named()
 
 
 class JobCrashed(Exception):
@@ -195,17 +222,12 @@ def run_job(ctx: WorkerContext, job_id: uuid.UUID) -> str:
     if known is not None:
         # This process committed it in a batch that another message woke: nothing to read.
         return known
-    with ctx.autocommit() as session:
-        row = session.execute(_JOB_STATUS, {"job_id": job_id}).one_or_none()
-    if row is None:
+    result, taken, queue = _run_batch(ctx, job_id, None)
+    while queue is not None and taken >= ctx.settings.worker_batch_size:
+        _, taken, _ = _run_batch(ctx, None, queue)
+    if result is None:
         log.warning("job %s does not exist; dropping the message", job_id)
         return "missing"
-    if row.status in FINISHED:
-        return outcome(row.status, row.error)
-    result, taken = _run_batch(ctx, job_id, row.queue)
-    while taken >= ctx.settings.worker_batch_size:
-        _, taken = _run_batch(ctx, None, row.queue)
-    assert result is not None
     return result
 
 
@@ -217,36 +239,42 @@ def drain(ctx: WorkerContext, queue: str) -> int:
     """
     total = 0
     while True:
-        _, taken = _run_batch(ctx, None, queue)
+        _, taken, _ = _run_batch(ctx, None, queue)
         total += taken
         if taken < ctx.settings.worker_batch_size:
             return total
 
 
-def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str) -> tuple[str | None, int]:
-    """One transaction over the named job (if any) and the oldest waiting jobs of the queue.
+def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str | None
+               ) -> tuple[str | None, int, str | None]:
+    """One transaction over the named job (if any) and the oldest waiting jobs of its queue.
 
-    Returns the named job's outcome (None if no job was named), and how many jobs it took.
+    Returns the named job's outcome (None if no job was named, or it does not exist), how many
+    rows the batch took (the named job counted even if it was finished), and the queue.
     """
     if job_id is None:
         with ctx.autocommit() as session:
             if not session.scalar(_ANY_QUEUED, {"queue": queue}):
-                return None, 0
+                return None, 0, queue
     announcements: list[Announcement] = []
     named: str | None = None
     crashed = False
     with ctx.sessions.begin() as session:
         session.info[SETTINGS] = ctx.settings
-        batch: list[Job] = []
         if job_id is not None:
-            job = session.execute(_LOCK_JOB, {"job_id": job_id}).scalar_one()
-            if job.status in FINISHED:
-                # Another process applied it since this one read its status.
-                named = outcome(job.status, job.error)
-            else:
-                batch.append(job)
-        limit = ctx.settings.worker_batch_size - len(batch)
-        batch += session.scalars(_TAKE_QUEUED, {"queue": queue, "job_id": job_id, "limit": limit}).all()
+            rows = session.execute(_TAKE_NAMED, {"job_id": job_id, "limit": ctx.settings.worker_batch_size - 1}).all()
+        else:
+            rows = session.execute(_TAKE_QUEUED, {"queue": queue, "limit": ctx.settings.worker_batch_size}).all()
+        taken = [row[0] for row in rows]
+        batch: list[Job] = []
+        for job in taken:
+            if job.id == job_id:
+                queue = job.queue
+                if job.status in FINISHED:
+                    # Another batch or process applied it before its message came.
+                    named = outcome(job.status, job.error)
+                    continue
+            batch.append(job)
         batch.sort(key=lambda j: j.created_at)
         lock_teams(session, {j.team_id for j in batch if j.team_id is not None})
         done: list[dict[str, Any]] = []
@@ -267,16 +295,20 @@ def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str) -> tupl
         named = outcomes.pop(job_id)
     # Committed: the other jobs' messages, still to come, can be answered without a read.
     ctx.remember(outcomes)
+    if queue is None:
+        # The named job does not exist (purged): nothing was taken.
+        return None, 0, None
     failpoints.pause(ctx.settings, f"consumer-after-commit.{queue}")
+    tally = _tally(batch, run_seconds, queue) if batch else None
     if announcements:
-        ctx.publisher.announce_all(announcements, utcnow())
+        # The metrics ride on the announcements' last round trip, after the events.
+        ctx.publisher.announce_all(announcements, utcnow(), tally)
         _send_created_jobs(ctx, announcements)
-    if batch:
-        # After the announcements, so counting never delays an event.
-        _tally(batch, run_seconds, queue).flush(ctx.live.redis, ctx.settings.redis_prefix)
+    elif tally is not None:
+        tally.flush(ctx.live.redis, ctx.settings.redis_prefix)
     if crashed:
         raise JobCrashed(f"job {job_id} crashed; retrying")
-    return named, len(batch)
+    return named, len(taken), queue
 
 
 def _send_created_jobs(ctx: WorkerContext, announcements: list[Announcement]) -> None:
@@ -331,5 +363,5 @@ def fail_job(ctx: WorkerContext, job_id: uuid.UUID, code: str, message: str) -> 
         session.refresh(job, ["finished_at"])
         competition = session.get(Competition, job.competition_id)
         assert competition is not None
-    ctx.publisher.announce_all([Announcement(competition, job, Outbox())], utcnow())
-    _tally([job], {}, job.queue, batched=False).flush(ctx.live.redis, ctx.settings.redis_prefix)
+    ctx.publisher.announce_all([Announcement(competition, job, Outbox())], utcnow(),
+                               _tally([job], {}, job.queue, batched=False))

@@ -1,9 +1,10 @@
 """After-commit side effects of jobs: the leaderboard cache, Socket.IO events, waiters.
 
 Runs only after the worker's transaction has committed, so nothing announced here can be
-rolled back. A whole batch of jobs is announced in two Redis round trips, whatever its size:
-the leaderboard cache, then one pipeline of every publish. A failure
-here loses no game state: the sweeper rebuilds the leaderboard cache from PostgreSQL, and
+rolled back. A whole batch of jobs is announced in one Redis pipeline, whatever its size: the
+waiters' notices, the leaderboard cache, every event and the batch's metrics (two round trips
+when a newcomer's rank has to be read from the cache first). A failure here loses no game
+state: the sweeper rebuilds the leaderboard cache from PostgreSQL, and
 clients can always read their jobs over REST.
 """
 
@@ -32,10 +33,12 @@ from models.events import (
     to_wire,
 )
 from models.live import Live, organisers_room, team_room
+from models.metrics import Tally
 from models.ranking import standing
 from models.tables import Competition, Job
 from settings import Settings
 from workers.rules import Outbox
+from workers.rules import ScoreChange as TeamChange
 
 log = logging.getLogger(__name__)
 
@@ -110,55 +113,64 @@ class Publisher:
         self.live = live
         self.sio = BufferedRedisManager(settings.redis_url, channel=live.socketio_channel)
 
-    def announce_all(self, announcements: list[Announcement], at: datetime) -> None:
-        # Waiting requests first: their answer is in PostgreSQL already, and every Redis round
-        # trip made before this one would be added to their latency.
+    def announce_all(self, announcements: list[Announcement], at: datetime, tally: Tally | None = None) -> None:
+        """Announce a committed batch in one Redis round trip, or two when a newcomer's rank must be read.
+
+        The order within the pipeline is the order of the old round trips: waiting requests first
+        (their answer is in PostgreSQL already; Redis runs their publishes before anything else),
+        then the leaderboard cache, so any event numbered after a change describes a leaderboard
+        that already includes it, then the events. Only a rank read from the cache (a newcomer's)
+        has to come back before the events can be built; ``tally``, the batch's metrics, rides on
+        the last round trip, after the events.
+        """
+        pipe = self.live.redis.pipeline(transaction=False)
+        for a in announcements:
+            pipe.publish(self.live.jobs_channel, encode(JobFinished(job_id=str(a.job.id), status=a.job.status)))
+            if a.job.kind == "submit" and a.job.result is not None and a.job.result.get("correct") is False:
+                self.live.count_wrong_answer(a.job.team_id, pipe)
+        unranked: list[tuple[Announcement, TeamChange]] = []
         try:
-            pipe = self.live.redis.pipeline(transaction=False)
             for a in announcements:
-                pipe.publish(self.live.jobs_channel, encode(JobFinished(job_id=str(a.job.id), status=a.job.status)))
-                if a.job.kind == "submit" and a.job.result is not None and a.job.result.get("correct") is False:
-                    self.live.count_wrong_answer(a.job.team_id, pipe)
-            pipe.execute()
-        except Exception:
-            log.exception("notifying waiters failed")
-        try:
-            self._announce(announcements, at)
+                if a.outbox.scores:
+                    self.live.update(a.competition.id, [standing(c.team) for c in a.outbox.scores], pipe)
+            unranked = [(a, c) for a in announcements for c in a.outbox.scores
+                        if c.rank is None and not c.team.disqualified]
+            for a, change in unranked:
+                self.live.queue_rank(a.competition.id, change.team.id, pipe)
+            if unranked:
+                results = self.live.execute(pipe)
+                for (_, change), rank in zip(unranked, results[len(results) - len(unranked):], strict=True):
+                    change.rank = None if rank is None else int(rank) + 1
+                pipe = self.live.redis.pipeline(transaction=False)
+            self._queue_events(pipe, announcements, at)
         except Exception:
             # Committed state is safe; the sweeper repairs the leaderboard cache.
             log.exception("announcing %d job(s) failed", len(announcements))
+            if unranked:
+                pipe = self.live.redis.pipeline(transaction=False)
+        if tally is not None:
+            tally.queue(pipe, self.settings.redis_prefix)
+        try:
+            self.live.execute(pipe)
+        except Exception:
+            log.exception("announcing %d job(s) failed", len(announcements))
 
-    def _announce(self, announcements: list[Announcement], at: datetime) -> None:
-        # 1. The cache first, so any event numbered after a change describes a leaderboard that
-        #    already includes it; newcomers' ranks are read from it in the same round trip.
-        pipe = self.live.redis.pipeline(transaction=False)
-        for a in announcements:
-            if a.outbox.scores:
-                self.live.update(a.competition.id, [standing(c.team) for c in a.outbox.scores], pipe)
-        unranked = [(a, c) for a in announcements for c in a.outbox.scores
-                    if c.rank is None and not c.team.disqualified]
-        for a, change in unranked:
-            self.live.queue_rank(a.competition.id, change.team.id, pipe)
-        results = pipe.execute()
-        for (_, change), rank in zip(unranked, results[len(results) - len(unranked):], strict=True):
-            change.rank = None if rank is None else int(rank) + 1
-
+    def _queue_events(self, pipe: Any, announcements: list[Announcement], at: datetime) -> None:
+        # Built in full before the first is queued, so a failure publishes none of a batch's events.
+        # The realtime servers number (``seq``) what they deliver, so each client sees the numbers in
+        # the order it receives the events.
         outgoing = [_outgoing(a, at) for a in announcements]
-
-        # 2. Publish everything in one pipeline. The realtime servers number (``seq``) what they
-        #    deliver, so each client sees the numbers in the order it receives the events.
         self.sio.buffer = []
         try:
             for out in outgoing:
                 for event, room in out.private:
                     name, data = to_wire(event)
                     self.sio.emit(name, data, room=room, namespace="/")
-            pipe = self.live.redis.pipeline(transaction=False)
-            for message in self.sio.buffer:
-                pipe.publish(self.sio.channel, message)
-            for out in outgoing:
-                if out.news is not None:
-                    pipe.publish(self.live.changes_channel, encode(out.news))
-            pipe.execute()
+            messages = self.sio.buffer
         finally:
             self.sio.buffer = None
+        for message in messages:
+            pipe.publish(self.sio.channel, message)
+        for out in outgoing:
+            if out.news is not None:
+                pipe.publish(self.live.changes_channel, encode(out.news))
