@@ -64,7 +64,11 @@ class Scenario:
     locustfile: str
     users: int
     seconds: int
-    spectators: tuple[int, ...] = ()  # clients per realtime server, one companion process each
+    spectators: tuple[int, ...] = ()  # clients per realtime server
+    # Spectator processes per realtime server, sharing its clients (and its connect rate): one
+    # asyncio process cannot read thousands of sockets at a few events a second each without its
+    # own loop falling behind, and the phones it stands for each have a processor of their own.
+    client_processes: int = 1
     organisers: int = 0  # spectators that join the organisers' room (and so get every score_update)
     connect_rate: float = 200.0
     # python-socketio's AsyncClient, or the minimal protocol client: at 2,000 clients and more the
@@ -79,6 +83,12 @@ class Scenario:
     locust_env: tuple[tuple[str, str], ...] = ()
     # Runs only when asked for (--open-load, or --only NAME).
     optional: bool = False
+
+    @property
+    def groups(self) -> list[tuple[int, int]]:
+        """(realtime server, clients) of each spectator process."""
+        return [(server, clients // self.client_processes + (1 if j < clients % self.client_processes else 0))
+                for server, clients in enumerate(self.spectators) for j in range(self.client_processes)]
 
     @property
     def fixture(self) -> str:
@@ -121,7 +131,8 @@ FULL = [
              spectators=(500,), organisers=5),
     Scenario("claim_race", "claim race", "claim_race.py", 200, 20),
     Scenario("fanout", f"fan-out: 2,000 clients, 1 realtime process, {FANOUT_PLAYS} plays/s", "open_load.py", 150, 60,
-             spectators=(2000,), organisers=10, client="frames", locust_env=fixed_rate(FANOUT_PLAYS, 150, 60)),
+             spectators=(2000,), client_processes=2, organisers=10, client="frames",
+             locust_env=fixed_rate(FANOUT_PLAYS, 150, 60)),
     Scenario("fanout10k", f"fan-out: 10,000 clients, 2 realtime processes behind HAProxy, {FANOUT_PLAYS} plays/s",
              "open_load.py", 150, 60,
              spectators=(5000, 5000), organisers=10, connect_rate=250.0, client="frames", balanced=True,
@@ -142,8 +153,8 @@ SMOKE = [
     Scenario("competition", "full competition + spectators", "competition.py", 10, 10, spectators=(20,),
              organisers=2),
     Scenario("claim_race", "claim race", "claim_race.py", 20, 10),
-    Scenario("fanout", "fan-out, 1 realtime process", "open_load.py", 10, 10, spectators=(50,), organisers=2,
-             client="frames", locust_env=fixed_rate(5, 10, 10)),
+    Scenario("fanout", "fan-out, 1 realtime process", "open_load.py", 10, 10, spectators=(50,), client_processes=2,
+             organisers=2, client="frames", locust_env=fixed_rate(5, 10, 10)),
     Scenario("fanout10k", "fan-out, 2 realtime processes behind HAProxy", "open_load.py", 10, 10,
              spectators=(25, 25), organisers=2, client="frames", balanced=True, locust_env=fixed_rate(5, 10, 10)),
     open_load(10, (5, 10, 20), step=5, warmup=5),
@@ -157,16 +168,17 @@ def _balanced(stack: Stack, sc: Scenario) -> bool:
     return sc.balanced and stack.probed is None
 
 
-def _spectator_argv(stack: Stack, sc: Scenario, fixture: Fixture, index: int, clients: int, raw: Path,
-                    key: str) -> list[str]:
-    connect_time = clients / sc.connect_rate
+def _spectator_argv(stack: Stack, sc: Scenario, fixture: Fixture, index: int, server: int, clients: int,
+                    raw: Path, key: str) -> list[str]:
+    rate = sc.connect_rate / sc.client_processes
+    connect_time = clients / rate
     return [
         sys.executable, "-m", "loadtests.spectators", "--url",
-        stack.balancer if _balanced(stack, sc) else stack.realtime(index),
+        stack.balancer if _balanced(stack, sc) else stack.realtime(server),
         "--api", stack.api,
         "--slug", fixture.slug, "--clients", str(clients), "--client", sc.client,
         "--organisers", str(sc.organisers if index == 0 else 0),
-        "--rate", str(sc.connect_rate), "--duration", str(int(connect_time + sc.seconds + 240)), "--settle-max", "30",
+        "--rate", str(rate), "--duration", str(int(connect_time + sc.seconds + 240)), "--settle-max", "30",
         "--ready-file", str(raw / f"{key}-spectators-{index}.ready"),
         "--out", str(raw / f"{key}-spectators-{index}.json"),
     ]
@@ -283,10 +295,10 @@ class Bench:
                     self.sampler.add(proc.group, proc.popen.pid)
             if extra:
                 stack.wait_ready()
-            for index, clients in enumerate(sc.spectators):
+            for index, (server, clients) in enumerate(sc.groups):
                 (self.raw / f"{key}-spectators-{index}.ready").unlink(missing_ok=True)
                 proc = stack.spawn(f"{key}-spectators-{index}", "spectators",
-                                   _spectator_argv(stack, sc, fixture, index, clients, self.raw, key))
+                                   _spectator_argv(stack, sc, fixture, index, server, clients, self.raw, key))
                 spectators.append(proc)
                 self.sampler.add("spectators", proc.popen.pid)
             self._wait_spectators(sc, spectators, key)
@@ -400,7 +412,7 @@ class Bench:
     def _wait_spectators(self, sc: Scenario, procs: list[Proc], key: str) -> None:
         if not procs:
             return
-        deadline = time.monotonic() + max(sc.spectators) / sc.connect_rate + 90
+        deadline = time.monotonic() + max(sc.spectators) / sc.connect_rate + 90  # a server's clients, in turn
         for index, proc in enumerate(procs):
             ready = self.raw / f"{key}-spectators-{index}.ready"
             while not ready.exists():
@@ -690,7 +702,7 @@ class Bench:
             return None
         summaries = []
         latency, events, arrival = [], [], []
-        for index in range(len(sc.spectators)):
+        for index in range(len(sc.groups)):
             path = self.raw / f"{key}-spectators-{index}.json"
             if not path.exists():
                 summaries.append(None)
@@ -716,7 +728,7 @@ class Bench:
         return {
             "client": "python-socketio AsyncClient" if sc.client == "socketio" else "minimal protocol client",
             "clients": sum(sc.spectators),
-            "processes": len(sc.spectators),
+            "processes": len(sc.groups),
             "connected": sum(s["connected"] for s in ok),
             "connect_failures": sum(s["connect_failures"] for s in ok),
             "connect_retries": sum(s.get("connect_retries", 0) for s in ok),

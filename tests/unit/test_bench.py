@@ -72,3 +72,30 @@ def test_open_load_finds_the_knee(tmp_path: Path) -> None:
     assert [s["p95"] for s in got["steps"]] == [50.0, 90.0, 400.0]
     assert got["steps"][0]["writes_per_s"] == 5.0
     assert got["knee_rate"] == 40 and got["highest_under"] == 20
+
+
+def test_spectator_processes_share_their_servers_clients_without_losing_one() -> None:
+    from loadtests.bench import Scenario
+
+    split = Scenario("s", "s", "x.py", 1, 1, spectators=(2001, 10), client_processes=2)
+    assert split.groups == [(0, 1001), (0, 1000), (1, 5), (1, 5)]
+    assert Scenario("s", "s", "x.py", 1, 1, spectators=(5000, 5000)).groups == [(0, 5000), (1, 5000)]
+
+
+def test_the_realtime_side_is_read_from_histogram_differences() -> None:
+    from loadtests.bench import realtime_side
+
+    def families(counts: list[float], total: float, broadcasts: float, seconds: float) -> dict[str, Any]:
+        bounds = [0.1, 0.25, 0.5, float("inf")]
+        lag = [("quiz_realtime_commit_to_emit_seconds_bucket", {"event": "leaderboard_update", "le": str(b)}, c)
+               for b, c in zip(bounds, [*counts, total], strict=True)]
+        return {"quiz_realtime_commit_to_emit_seconds": lag,
+                "quiz_realtime_broadcast_seconds": [
+                    ("quiz_realtime_broadcast_seconds_bucket", {"le": "+Inf"}, broadcasts),
+                    ("quiz_realtime_broadcast_seconds_sum", {}, seconds)]}
+
+    # 100 emits in the window: 50 within 0.1 s, 99 within 0.25 s, all within 0.5 s.
+    got = realtime_side(families([10, 20, 30], 30, 5, 1.0), families([60, 119, 130], 130, 105, 6.0))
+    assert got is not None
+    assert got["leaderboard_update"] == {"emits": 100, "p50_at_most_ms": 100, "p99_at_most_ms": 250}
+    assert got["broadcasts"] == 100 and got["broadcast_mean_ms"] == 50.0
