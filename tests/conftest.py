@@ -60,6 +60,21 @@ def _server_engine(server_url: str) -> Engine:
 
 
 @contextlib.contextmanager
+def scratch_database(server_url: str, name: str, app_role: str) -> Iterator[None]:
+    """Database ``name`` created on the server for the block, then dropped with the app's role."""
+    server = _server_engine(server_url)
+    with server.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield
+    finally:
+        with server.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'DROP ROLE IF EXISTS "{app_role}"'))
+        server.dispose()
+
+
+@contextlib.contextmanager
 def redis_db_lease(base_url: str) -> Iterator[int]:
     """An exclusive lease (a file lock) on a Redis DB index for this test run: 11 if free."""
     server = hashlib.sha256(urlsplit(base_url).netloc.encode()).hexdigest()[:12]
@@ -122,20 +137,12 @@ def _test_env(server_url: str, redis_url: str) -> Iterator[dict[str, str]]:
         "RATE_LIMIT_REGISTER_IP": "1000000",
         "LOG_LEVEL": "INFO",
     }
-    server = _server_engine(server_url)
-    with server.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     client.close()
-    try:
+    with scratch_database(server_url, name, app_role):
         upgrade(Settings.from_env(env))
         yield env
-    finally:
-        with server.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'DROP ROLE IF EXISTS "{app_role}"'))
-        server.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -13,13 +13,13 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, create_engine, pool, text
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from models.db import make_engine
 from models.migrate import upgrade
 from settings import Settings
-from tests.conftest import DEFAULT_DATABASE_URL, database_url_for
+from tests.conftest import DEFAULT_DATABASE_URL, database_url_for, scratch_database
 from tests.rules.harness import ADMIN_TOKEN, Game
 
 
@@ -36,20 +36,11 @@ def rules_settings() -> Iterator[Settings]:
         "ADMIN_TOKEN": ADMIN_TOKEN,
         "QUIZ_ENV": "test",
         "BOARD_QUEUES": "4",
-        "MYSTERY_SHARDS": "1",
+        "COMPETITION_QUEUES": "1",
     })
-    server = create_engine(Settings.from_env({"DATABASE_URL": server_url}).database_url,
-                           poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
-    with server.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
+    with scratch_database(server_url, name, app_role):
         upgrade(settings)
         yield settings
-    finally:
-        with server.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'DROP ROLE IF EXISTS "{app_role}"'))
-        server.dispose()
 
 
 @pytest.fixture(scope="session")
