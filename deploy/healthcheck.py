@@ -39,10 +39,10 @@ def _worker_node_name() -> str:
 
 
 def _celery(settings: Settings) -> None:
-    from models.broker import producer
+    from models.broker import control_app
 
     name = _worker_node_name()
-    replies = producer(settings).control.ping(destination=[name], timeout=TIMEOUT)
+    replies = control_app(settings).control.ping(destination=[name], timeout=TIMEOUT)
     if not any(name in reply for reply in replies):
         raise RuntimeError(f"{name} did not answer a ping within {TIMEOUT:.0f} s")
 

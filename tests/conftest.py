@@ -23,7 +23,7 @@ from celery import Celery
 from sqlalchemy import Engine, create_engine, pool, text
 from sqlalchemy.engine import make_url
 
-from models.broker import producer
+from models.broker import Producer, celery_config, producer
 from models.kinds import all_queues
 from models.migrate import upgrade
 from settings import Settings
@@ -190,9 +190,26 @@ def db(engine: Engine) -> Db:
 
 
 @pytest.fixture
+def broker(settings: Settings) -> Iterator[redis.Redis]:
+    """A plain client on the broker, to look at the queues' lists as kombu keeps them."""
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def sender(settings: Settings) -> Iterator[Producer]:
+    """A job sender on the test broker, for sending messages as the API or the sweeper would."""
+    made = producer(settings)
+    yield made
+    made.close()
+
+
+@pytest.fixture
 def celery(settings: Settings) -> Iterator[Celery]:
-    """A Celery app on the test broker, for sending messages as the API or the sweeper would."""
-    app = producer(settings)
+    """A Celery app on the test broker (with the stack's configuration), for reading its events."""
+    app = Celery("quiz-test", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(celery_config(settings))
     yield app
     app.close()
 

@@ -25,13 +25,12 @@ from typing import Any, TypeVar
 import msgspec
 import requests
 import socketio
-from celery import Celery
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 import processes
+from models.broker import Producer
 from models.events import from_wire
-from models.kinds import task_name
 from models.tables import Competition, Job, ScoreEvent, Team
 from settings import Settings
 
@@ -745,6 +744,7 @@ def insert_job(db: Db, *, competition_id: int, kind: str, queue: str, token: str
     return str(job_id)
 
 
-def send(celery: Celery, job_id: str, kind: str, queue: str) -> str:
-    """Deliver a job's message (again), as the API or the sweeper does; returns the Celery task id."""
-    return str(celery.send_task(task_name(kind), kwargs={"job_id": job_id}, queue=queue).id)
+def send(sender: Producer, job_id: str, kind: str, queue: str) -> str:
+    """Deliver a job's message (again), as the API or the sweeper does; returns the task id (the job's)."""
+    sender.send(job_id, kind, queue)
+    return job_id

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 import redis
 import socketio
-from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.broker import producer
+from models.broker import Producer
 from models.db import make_autocommit_sessionmaker, make_engine, make_sessionmaker
 from models.live import Live, redis_client
 from settings import Settings
@@ -26,7 +25,7 @@ class Deps:
     redis: redis.Redis
     live: Live
     # Sends job messages only (models/broker.py): the API runs no task.
-    celery: Celery
+    producer: Producer
     waiter: JobWaiter
     sio: socketio.RedisManager
 
@@ -44,7 +43,7 @@ class Deps:
             autocommit=make_autocommit_sessionmaker(engine),
             redis=client,
             live=live,
-            celery=producer(settings),
+            producer=Producer(client),
             waiter=JobWaiter(
                 redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=30),
                 live.jobs_channel,

@@ -31,6 +31,13 @@ class EventBatchingConsumer(Consumer):
     """
 
     _flush_pending = False
+    # The process's consumer (a worker has one), whose event dispatcher also reports the tasks of
+    # the messages a batch took off its queue itself (``workers.jobs.absorb``).
+    current: EventBatchingConsumer | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        EventBatchingConsumer.current = self
 
     def on_send_event_buffered(self) -> None:
         if not self.hub:

@@ -20,13 +20,12 @@ import threading
 import time
 from datetime import timedelta
 
-from celery import Celery
 from sqlalchemy import delete, exists, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 import logs
 from models import metrics
-from models.broker import enqueue, producer
+from models.broker import Producer, enqueue, producer
 from models.db import make_engine, make_sessionmaker
 from models.live import Live, utcnow
 from models.ranking import all_standings
@@ -44,11 +43,11 @@ def broker_lists(queue: str) -> list[str]:
 
 
 class Sweeper:
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], live: Live, celery: Celery) -> None:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], live: Live, sender: Producer) -> None:
         self.settings = settings
         self.sessions = sessions
         self.live = live
-        self.celery = celery
+        self.sender = sender
         self._resent: dict[str, float] = {}
         self._swept = False
 
@@ -86,7 +85,7 @@ class Sweeper:
                 continue
             if not everything and now - self._resent.get(key, -backoff) < backoff:
                 continue
-            enqueue(self.celery, key, kind, queue)
+            enqueue(self.sender, key, kind, queue)
             self._resent[key] = now
             sent += 1
         live_ids = {str(r.id) for r in stale}
@@ -155,7 +154,7 @@ class Sweeper:
             for box_id, competition_id, team_id in boxes:
                 schedule_box_expiry(session, self.settings, competition_id, team_id, box_id, outbox)
         for job_id, kind, queue in outbox.enqueue:
-            enqueue(self.celery, job_id, kind, queue)
+            enqueue(self.sender, job_id, kind, queue)
         if outbox.enqueue:
             log.info("sent %d release job(s) for claims and boxes past their timeout", len(outbox.enqueue))
         return len(outbox.enqueue)

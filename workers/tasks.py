@@ -18,9 +18,9 @@ from celery import Task
 from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from models.kinds import KINDS, JobKind
-from workers.celery_app import app
-from workers.jobs import JobCrashed, WorkerContext, drain, fail_job, run_job
+from models.kinds import KINDS, JobKind, task_name
+from workers.celery_app import EventBatchingConsumer, app
+from workers.jobs import Absorbed, JobCrashed, WorkerContext, drain, fail_job, run_job
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,26 @@ def context() -> WorkerContext:
     global _context
     if _context is None:
         _context = WorkerContext.create(app.conf.quiz_settings)
-        # Jobs a job creates go out through this worker's own app.
-        _context._celery = app
+        _context.on_absorbed = report_absorbed
     return _context
+
+
+def report_absorbed(jobs: list[Absorbed]) -> None:
+    """Tell Flower of the tasks whose messages a batch took off the queue, as Celery would have.
+
+    The events a worker sends for a message it runs (received, started, succeeded with the task's
+    return value), through the worker's own dispatcher, so they go out with the others.
+    """
+    consumer = EventBatchingConsumer.current
+    dispatcher = getattr(consumer, "event_dispatcher", None)
+    if dispatcher is None or not dispatcher.enabled:
+        return
+    for job in jobs:
+        kwargs = {"job_id": job.job_id}
+        dispatcher.send("task-received", uuid=job.job_id, name=task_name(job.kind), args="()", kwargs=repr(kwargs),
+                        root_id=job.job_id, parent_id=None, retries=0, eta=None, expires=None)
+        dispatcher.send("task-started", uuid=job.job_id)
+        dispatcher.send("task-succeeded", uuid=job.job_id, result=repr(job.outcome), runtime=job.seconds)
 
 
 @worker_process_init.connect

@@ -123,7 +123,7 @@ def in_process_app(settings: Settings, **overrides: Any) -> Iterator[falcon.test
         deps.waiter._redis.close()
         if deps.sio.redis is not None:
             deps.sio.redis.close()
-        deps.celery.close()
+        deps.producer.close()
 
 
 def wait_for_window_start(window: int, within: float = 0.5) -> None:

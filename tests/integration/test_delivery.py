@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
-import pytest
 import redis
 from celery import Celery
 from sqlalchemy import func, select, text
 
+from models.broker import Producer
 from models.db import make_sessionmaker
 from models.kinds import REGISTRATIONS, board_queue
 from models.live import Live
@@ -35,15 +35,8 @@ from tests.support import (
     unique,
     wait_until,
 )
-from workers.jobs import WorkerContext, run_job
+from workers.jobs import Absorbed, WorkerContext, run_job
 from workers.sweeper import Sweeper
-
-
-@pytest.fixture
-def broker(settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.redis_url)
-    yield client
-    client.close()
 
 
 def _pending_task_ids(broker: redis.Redis, queue: str) -> set[str]:
@@ -76,7 +69,7 @@ def submission_facts(db: Db, team_id: int) -> tuple[int, list[tuple[int, str]], 
 
 
 def test_a_redelivered_job_is_applied_once(api: Api, db: Db, settings: Settings, competition: dict[str, Any],
-                                           celery: Celery, broker: redis.Redis) -> None:
+                                           sender: Producer, broker: redis.Redis) -> None:
     slug = competition["slug"]
     api.add_questions(slug, questions(1))
     team = api.register(slug, "Echo")
@@ -87,7 +80,7 @@ def test_a_redelivered_job_is_applied_once(api: Api, db: Db, settings: Settings,
     before = submission_facts(db, team.id)
     assert before == (1, [(100, "correct_answer")], 1100)
 
-    task_ids = [send(celery, job["jobId"], "submit", row.queue) for _ in range(3)]
+    task_ids = [send(sender, job["jobId"], "submit", row.queue) for _ in range(3)]
     wait_consumed(broker, row.queue, task_ids)
 
     assert submission_facts(db, team.id) == before
@@ -98,7 +91,7 @@ def test_a_redelivered_job_is_applied_once(api: Api, db: Db, settings: Settings,
 
 
 def test_racing_deliveries_of_one_job_apply_it_once(api: Api, db: Db, settings: Settings,
-                                                    competition: dict[str, Any], celery: Celery,
+                                                    competition: dict[str, Any], sender: Producer,
                                                     broker: redis.Redis, worker_context: WorkerContext) -> None:
     slug = competition["slug"]
     api.add_questions(slug, questions(1))
@@ -111,8 +104,8 @@ def test_racing_deliveries_of_one_job_apply_it_once(api: Api, db: Db, settings: 
 
     # Two deliveries to the real worker and two in this process, all at once.
     outcomes: list[str | None] = concurrently([
-        lambda: send(celery, job_id, "submit", queue),
-        lambda: send(celery, job_id, "submit", queue),
+        lambda: send(sender, job_id, "submit", queue),
+        lambda: send(sender, job_id, "submit", queue),
         lambda: run_job(worker_context, uuid.UUID(job_id)),
         lambda: run_job(worker_context, uuid.UUID(job_id)),
     ])
@@ -131,7 +124,7 @@ def test_racing_deliveries_of_one_job_apply_it_once(api: Api, db: Db, settings: 
 
 
 def test_sweeper_resends_a_job_whose_message_was_lost(api: Api, db: Db, settings: Settings,
-                                                      competition: dict[str, Any], celery: Celery) -> None:
+                                                      competition: dict[str, Any], sender: Producer) -> None:
     slug = competition["slug"]
     competition_id = db.competition(slug).id
     token = "lost-registration-" + uuid.uuid4().hex
@@ -147,11 +140,11 @@ def test_sweeper_resends_a_job_whose_message_was_lost(api: Api, db: Db, settings
     sent: list[str] = []
 
     class Recording:
-        """The real Celery app, with a note of what the sweeper sends."""
+        """The real sender, with a note of what the sweeper sends."""
 
-        def send_task(self, name: str, kwargs: dict[str, Any], queue: str) -> None:
-            sent.append(kwargs["job_id"])
-            celery.send_task(name, kwargs=kwargs, queue=queue)
+        def send(self, job_id: str, kind: str, queue: str, request_id: str | None = None) -> None:
+            sent.append(job_id)
+            sender.send(job_id, kind, queue, request_id)
 
     try:
         recording: Any = Recording()
@@ -190,8 +183,8 @@ def test_sweeper_leaves_a_job_alone_while_its_queue_still_holds_messages(
     sent: list[str] = []
 
     class Recording:
-        def send_task(self, name: str, kwargs: dict[str, Any], queue: str) -> None:
-            sent.append(kwargs["job_id"])
+        def send(self, job_id: str, kind: str, queue: str, request_id: str | None = None) -> None:
+            sent.append(job_id)
 
     try:
         sweeper = Sweeper(settings.with_overrides(sweep_after=30.0), make_sessionmaker(db.engine), live,
@@ -215,7 +208,7 @@ def test_sweeper_leaves_a_job_alone_while_its_queue_still_holds_messages(
             session.execute(text("DELETE FROM jobs WHERE id = :id"), {"id": job_id})
 
 
-def test_sweeper_rebuilds_a_lost_leaderboard_cache(api: Api, db: Db, settings: Settings, celery: Celery) -> None:
+def test_sweeper_rebuilds_a_lost_leaderboard_cache(api: Api, db: Db, settings: Settings, sender: Producer) -> None:
     slug = api.create_competition(maxOpenClaims=3)["slug"]
     competition_id = db.competition(slug).id
     api.add_questions(slug, questions(3, points=lambda i: 10 * i))
@@ -230,7 +223,7 @@ def test_sweeper_rebuilds_a_lost_leaderboard_cache(api: Api, db: Db, settings: S
         assert live.top(competition_id, 10) == expected
         live.clear(competition_id)  # as after a Redis restart
         assert live.top(competition_id, 10) == []
-        sweeper = Sweeper(settings, make_sessionmaker(db.engine), live, celery)
+        sweeper = Sweeper(settings, make_sessionmaker(db.engine), live, sender)
         assert sweeper.refresh_leaderboards() >= 1
         assert live.top(competition_id, 10) == expected
     finally:
@@ -238,7 +231,7 @@ def test_sweeper_rebuilds_a_lost_leaderboard_cache(api: Api, db: Db, settings: S
 
 
 def test_a_worker_killed_mid_job_loses_nothing(api: Api, db: Db, settings: Settings, stack: Stack,
-                                               celery: Celery) -> None:
+                                               sender: Producer) -> None:
     slug = api.create_competition()["slug"]
     competition_id = db.competition(slug).id
     queue = board_queue(settings, competition_id, "Q1")
@@ -264,7 +257,7 @@ def test_a_worker_killed_mid_job_loses_nothing(api: Api, db: Db, settings: Setti
     stack.wait_workers([queue])
     # The killed worker's message sits unacknowledged until the broker's visibility timeout;
     # the sweeper re-sends whatever is still unfinished.
-    sweeper = Sweeper(settings.with_overrides(sweep_after=0.0), make_sessionmaker(db.engine), Live(settings), celery)
+    sweeper = Sweeper(settings.with_overrides(sweep_after=0.0), make_sessionmaker(db.engine), Live(settings), sender)
     try:
         sweeper.resend_stale_jobs()
         rows = db.wait_jobs(job_ids, timeout=60)
@@ -371,8 +364,8 @@ def test_sweeper_resends_every_unfinished_job_at_once_when_redis_lost_its_data(
     sent: list[str] = []
 
     class Recording:
-        def send_task(self, name: str, kwargs: dict[str, Any], queue: str) -> None:
-            sent.append(kwargs["job_id"])
+        def send(self, job_id: str, kind: str, queue: str, request_id: str | None = None) -> None:
+            sent.append(job_id)
 
     live = Live(settings)
     try:
@@ -409,3 +402,35 @@ def test_a_consumer_that_starts_applies_what_waits_on_its_queue(api: Api, db: Db
     stack.start_worker(queue)
     rows = db.wait_jobs([job_id], timeout=60)
     assert rows[job_id].status == "succeeded"
+
+
+def test_a_batch_takes_the_messages_of_the_jobs_it_applied_off_its_queue(
+        db: Db, competition: dict[str, Any], sender: Producer, broker: redis.Redis,
+        worker_context: WorkerContext) -> None:
+    """The messages of the jobs a batch applied leave the queue with it, reported to Flower as tasks;
+    a message whose job the batch did not apply stays."""
+    competition_id = db.competition(competition["slug"]).id
+    queue = unique("absorb")  # no worker reads it: this process plays the worker
+    ids = [insert_job(db, competition_id=competition_id, kind="register", queue=queue, token=unique("absorb-token"),
+                      payload={"teamName": unique("Absorbed"), "members": [], "email": None}, team_id=None)
+           for _ in range(5)]
+    for job_id in ids:
+        send(sender, job_id, "register", queue)
+    stranger = str(uuid.uuid4())  # no such job: not applied, so its message must stay
+    send(sender, stranger, "register", queue)
+    reported: list[Absorbed] = []
+    worker_context.on_absorbed = reported.extend
+    try:
+        # The worker has taken the oldest message off the list, as kombu does, and runs it.
+        assert json.loads(broker.rpop(queue))["headers"]["id"] == ids[0]
+        assert run_job(worker_context, uuid.UUID(ids[0])) == "succeeded"
+        left = [json.loads(raw)["headers"]["id"] for raw in broker.lrange(queue, 0, -1)]
+    finally:
+        worker_context.on_absorbed = None
+        broker.delete(queue)
+    assert left == [stranger]
+    assert sorted(a.job_id for a in reported) == sorted(ids[1:])
+    assert {(a.kind, a.outcome) for a in reported} == {("register", "succeeded")}
+    # Their messages will not come: nothing is kept for them.
+    assert not {uuid.UUID(i) for i in ids[1:]} & worker_context.finished.keys()
+    assert {row.status for row in db.jobs(ids).values()} == {"succeeded"}

@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from celery import Celery
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
+from models.broker import Producer
 from models.db import make_engine, make_sessionmaker
 from models.live import Live
 from models.tables import AuditEntry, Claim, ClaimRelease, Job, MysteryBox, Submission, Team
@@ -51,11 +51,11 @@ from workers.sweeper import Sweeper
 
 
 @pytest.fixture
-def sweeper(settings: Settings, celery: Celery) -> Iterator[Sweeper]:
+def sweeper(settings: Settings, sender: Producer) -> Iterator[Sweeper]:
     """The sweeper's passes, run on demand (the test stack has no sweeper process of its own)."""
     engine = make_engine(settings, pool_size=1)
     live = Live(settings)
-    yield Sweeper(settings, make_sessionmaker(engine), live, celery)
+    yield Sweeper(settings, make_sessionmaker(engine), live, sender)
     engine.dispose()
     live.redis.close()
 
@@ -303,7 +303,7 @@ def test_a_registration_code_gates_registration(api: Api, db: Db) -> None:
 
 
 def test_a_code_changed_after_the_request_is_checked_again_by_the_worker(api: Api, db: Db,
-                                                                         celery: Celery) -> None:
+                                                                         sender: Producer) -> None:
     slug = api.create_competition(registrationCode="first-code")["slug"]
     competition_id = db.competition(slug).id
     # Accepted under the first code, applied after the organisers changed it.
@@ -311,7 +311,7 @@ def test_a_code_changed_after_the_request_is_checked_again_by_the_worker(api: Ap
                         token=unique("token"), team_id=None,
                         payload={"teamName": "Late", "members": [], "email": None, "registrationCode": "first-code"})
     api.patch_competition(slug, registrationCode="second-code")
-    send(celery, job_id, "register", "registrations")
+    send(sender, job_id, "register", "registrations")
     [job] = _wait_jobs_of(db, competition_id, "register", 1)
     assert (job.status, job.error["code"]) == ("failed", "registration_code_invalid")
     assert db.teams(competition_id) == []

@@ -54,13 +54,13 @@ def play(api: Api, listen: object, slug: str) -> None:
 
 
 def sweep(settings: Settings, db: Db) -> None:
-    celery = producer(settings)
-    sweeper = Sweeper(settings, sessionmaker(db.engine), Live(settings), celery)
+    sender = producer(settings)
+    sweeper = Sweeper(settings, sessionmaker(db.engine), Live(settings), sender)
     try:
         sweeper.sweep_once()
     finally:
         sweeper.live.redis.close()
-        celery.close()
+        sender.close()
 
 
 def test_each_process_kind_reports_and_its_series_move(api: Api, listen: object, stack: Stack, settings: Settings,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from celery import Celery
 from sqlalchemy import func, select
 
+from models.broker import Producer
 from models.kinds import board_queue
 from models.tables import Claim, MysteryBox, Question, ScoreEvent, Team
 from settings import Settings
@@ -163,7 +163,7 @@ def test_fifty_teams_buy_twenty_mystery_boxes(api: Api, db: Db, competition: dic
 
 
 def test_two_workers_locking_two_teams_in_opposite_order(api: Api, db: Db, settings: Settings,
-                                                         celery: Celery) -> None:
+                                                         sender: Producer) -> None:
     """Board queue A takes jobs of teams X, Z, Y (in that order) in one batch, queue B jobs of
     Y, X. Every job is valid, so each must succeed at its first attempt: no deadlock."""
     slug = api.create_competition(maxOpenClaims=5)["slug"]
@@ -187,11 +187,11 @@ def test_two_workers_locking_two_teams_in_opposite_order(api: Api, db: Db, setti
                 claim_job(y, queue_a, codes_a[2])]
         on_b = [claim_job(y, queue_b, codes_b[0]), claim_job(x, queue_b, codes_b[1])]
         for job_id in on_a:
-            send(celery, job_id, "claim", queue_a)
+            send(sender, job_id, "claim", queue_a)
         # Worker A holds X and waits for Z (locked here).
         wait_until(lambda: db.lock_waiters() == 1, 30, message="worker A to wait for Zulu")
         for job_id in on_b:
-            send(celery, job_id, "claim", queue_b)
+            send(sender, job_id, "claim", queue_b)
         # Worker B holds Y and waits for X.
         wait_until(lambda: db.lock_waiters() == 2, 30, message="worker B to wait for X-ray")
     rows = db.wait_jobs(on_a + on_b)

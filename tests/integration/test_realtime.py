@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import socketio
-from celery import Celery
 from sqlalchemy import select
 
+from models.broker import Producer
 from models.kinds import board_queue
 from models.live import Live
 from models.tables import ScoreEvent
@@ -110,7 +110,7 @@ def test_events_after_an_answer(api: Api, db: Db, listen: Listen, competition: d
 
 
 def test_each_change_is_announced_with_the_points_it_made(api: Api, db: Db, listen: Listen, settings: Settings,
-                                                         celery: Celery) -> None:
+                                                         sender: Producer) -> None:
     """Two answers of one team applied together (a worker takes a queue's waiting jobs as one
     batch) are announced as 1000 -> 1100 -> 1200, not with the team's points after both."""
     slug = api.create_competition(maxOpenClaims=2)["slug"]
@@ -131,7 +131,7 @@ def test_each_change_is_announced_with_the_points_it_made(api: Api, db: Db, list
                           payload={"questionId": code, "answer": answer_of(code)}, team_id=team.id)
                for code in codes]
     for job_id in job_ids:
-        send(celery, job_id, "submit", queue)
+        send(sender, job_id, "submit", queue)
     rows = db.wait_jobs(job_ids)
     assert [rows[j].result["totalPoints"] for j in job_ids] == [1100, 1200]  # type: ignore[index]
 

@@ -10,7 +10,7 @@ import pytest
 from celery import Celery
 
 import logs
-from models.broker import enqueue
+from models.broker import enqueue, task_message
 from settings import Settings, SettingsError
 from workers.celery_app import process_name
 
@@ -61,18 +61,19 @@ class _Recorder:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
 
-    def send_task(self, name: str, **options: Any) -> None:
-        self.sent.append({"name": name, **options})
+    def send(self, job_id: str, kind: str, queue: str, request_id: str | None = None) -> None:
+        message = json.loads(task_message(job_id, kind, queue, origin="test", reply_to="r", request_id=request_id))
+        self.sent.append(message)
 
 
 def test_the_job_message_carries_the_request_id() -> None:
-    celery = _Recorder()
+    sender = _Recorder()
     with logs.request_id_scope("req-7"):
-        enqueue(celery, "job-1", "claim", "board.2")  # type: ignore[arg-type]
-    enqueue(celery, "job-2", "claim", "board.2")  # type: ignore[arg-type]
-    assert celery.sent[0]["headers"] == {"request_id": "req-7"}
-    assert celery.sent[0]["queue"] == "board.2"
-    assert "headers" not in celery.sent[1]
+        enqueue(sender, "job-1", "claim", "board.2")  # type: ignore[arg-type]
+    enqueue(sender, "job-2", "claim", "board.2")  # type: ignore[arg-type]
+    assert sender.sent[0]["headers"]["request_id"] == "req-7"
+    assert sender.sent[0]["properties"]["delivery_info"]["routing_key"] == "board.2"
+    assert "request_id" not in sender.sent[1]["headers"]
 
 
 def test_a_task_logs_with_the_request_id_of_its_message() -> None:

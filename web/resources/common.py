@@ -223,7 +223,7 @@ def accept_job(
         session.commit()
         failpoints.pause(deps.settings, "api-after-commit")
         try:
-            enqueue(deps.celery, str(job_id), kind, queue)
+            enqueue(deps.producer, str(job_id), kind, queue)
         except Exception:
             # The job row is committed; the sweeper re-sends it once the broker is back.
             log.exception("enqueue of job %s failed; the sweeper will re-send it", job_id)
