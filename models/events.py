@@ -301,6 +301,9 @@ class JobFinished(Message, tag="job_finished"):
 
     job_id: str
     status: JobStatus
+    job: Annotated[JobView | None, Meta(description="the job as `GET /api/v1/jobs/{jobId}` shows it, so a waiting "
+                                                    "request answers without reading it; left out by older "
+                                                    "consumers")] = None
 
 
 MESSAGES: tuple[type[Message], ...] = (*typing.get_args(ChangeMessage), JobFinished)

@@ -2,12 +2,13 @@
 
 Each API process has one listener on the jobs channel, shared by all its waiting requests. A
 request takes a ticket for its job id *before* the job row is inserted, so a consumer that is
-already draining the queue cannot finish the job unseen. When the channel announces finishes,
-the listener reads every announced job with a ticket in one query, on a connection of its own,
-and hands each waiter its row; a waiter itself reads nothing, so waiting costs neither a query
-nor a pooled connection per request. A published finish can still be lost (Redis restarted, the
-listener reconnecting), so every waiting job is also re-read once every ``RECHECK`` seconds, all
-in one query: a lost message costs at most that, never the whole wait.
+already draining the queue cannot finish the job unseen. A finish announced on the channel
+carries the job's view, published after its commit, and the listener hands it to the job's
+waiter as it is: waiting costs neither a query nor a pooled connection. (A message without the
+view, from an older consumer, makes the listener read the announced jobs in one query, on a
+connection of its own.) A published finish can still be lost (Redis restarted, the listener
+reconnecting), so every waiting job is also re-read once every ``RECHECK`` seconds, all in one
+query: a lost message costs at most that, never the whole wait.
 
 Waiting parks a greenlet under gunicorn's gevent worker and a thread under gthread, so the number
 of waiters per process is capped (``Settings.wait_capacity``); past the cap a write answers 202
@@ -115,16 +116,24 @@ class JobWaiter:
                 time.sleep(0.5)
 
     def _announced(self, message: dict[str, Any]) -> set[str]:
+        """The announced job, if one of this process's waiters wants it and it must be read."""
         data = message.get("data")
         if not isinstance(data, bytes):
             return set()
         try:
-            job_id = decode_job_finished(data).job_id
+            finished = decode_job_finished(data)
         except msgspec.ValidationError:
             log.warning("ignoring a malformed jobs-channel message: %r", data[:200])
             return set()
         # Every API process hears every finish; only this process's waiters matter.
-        return {job_id} if job_id in self._tickets else set()
+        ticket = self._tickets.get(finished.job_id)
+        if ticket is None:
+            return set()
+        if finished.job is None:
+            return {finished.job_id}
+        ticket.job = msgspec.to_builtins(finished.job)
+        ticket.event.set()
+        return set()
 
     def _recheck(self) -> None:
         while True:
@@ -164,7 +173,8 @@ class JobWaiter:
         return ticket
 
     def wait(self, ticket: Ticket, timeout: float) -> Any:
-        """The finished job's row (the columns of ``JOB_VIEW_COLUMNS``), or None after ``timeout`` s.
+        """The finished job: its view (a dict, from the channel) or its row (the columns of
+        ``JOB_VIEW_COLUMNS``, read); None after ``timeout`` s.
 
         At the deadline the job is read once more, so a finish that came in the last instant is
         not answered with a 202.

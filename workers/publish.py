@@ -22,6 +22,7 @@ from models.events import (
     Event,
     JobFinished,
     JobUpdate,
+    JobView,
     News,
     ScoreChange,
     ScoreUpdate,
@@ -125,7 +126,8 @@ class Publisher:
         """
         pipe = self.live.redis.pipeline(transaction=False)
         for a in announcements:
-            pipe.publish(self.live.jobs_channel, encode(JobFinished(job_id=str(a.job.id), status=a.job.status)))
+            pipe.publish(self.live.jobs_channel, encode(JobFinished(job_id=str(a.job.id), status=a.job.status,
+                                                                    job=JobView(**job_fields(a.job)))))
             if a.job.kind == "submit" and a.job.result is not None and a.job.result.get("correct") is False:
                 self.live.count_wrong_answer(a.job.team_id, pipe)
         unranked: list[tuple[Announcement, TeamChange]] = []

@@ -249,13 +249,14 @@ JOB_FOR_VIEW = select(*JOB_VIEW_COLUMNS).where(Job.id == bindparam("job_id"))
 
 def respond_with_job(resp: falcon.Response, job: Any, *, extra: dict[str, Any] | None = None,
                      finished: bool = False, replayed: bool = False) -> None:
-    body = job_view(job)
+    """Answer with a job: a row (``Job`` or its columns), or its view as the waiter got it from the channel."""
+    body = dict(job) if isinstance(job, dict) else job_view(job)
     if extra:
         body.update(extra)
-    resp.location = f"/api/v1/jobs/{job.id}"
+    resp.location = body["links"]["job"]
     if replayed:
         resp.set_header("Idempotent-Replayed", "true")
-    done = job.status in ("succeeded", "failed")
+    done = body["status"] in ("succeeded", "failed")
     write_json(resp, body, falcon.HTTP_200 if (finished or (replayed and done)) else falcon.HTTP_202)
 
 
