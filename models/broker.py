@@ -8,7 +8,7 @@ the queue's list. Celery's ``send_task`` cost about 0.5 ms of CPU per message he
 message through several layers and reads the exchange's bindings from Redis each time); this costs
 a few tens of microseconds. The task's id is the job's id, so a job's task in Flower is found by
 the job's id, and a consumer can find the message of a job it has already applied (see
-``workers.jobs.absorb``).
+``models.live.ABSORB``).
 """
 
 from __future__ import annotations

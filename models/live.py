@@ -109,6 +109,30 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Takes the messages of jobs this consumer has just committed off its queue's list, oldest first.
+# KEYS[1]: the queue's list (kombu's Redis layout: pushed on the left, taken from the right).
+# ARGV[1]: how many messages from the oldest end to look at; ARGV[2...]: the jobs' ids, which are
+# their tasks' ids (``models.broker.task_message``). Returns the ids whose message it removed. A message is
+# removed only if its job is among those committed, so nothing not yet applied can be lost; a
+# message the worker has already taken is not in the list and comes as usual.
+ABSORB = """
+local want = {}
+for i = 2, #ARGV do want[ARGV[i]] = true end
+local n = math.min(redis.call('LLEN', KEYS[1]), tonumber(ARGV[1]))
+if n == 0 then return {} end
+local items = redis.call('LRANGE', KEYS[1], -n, -1)
+local removed = {}
+for i = #items, 1, -1 do
+  local id = string.match(items[i], '"id": ?"([%x%-]+)"')
+  if id and want[id] then
+    redis.call('LREM', KEYS[1], -1, items[i])
+    removed[#removed + 1] = id
+  end
+end
+return removed
+"""
+
+
 class Live:
     """Redis-backed live state for one process; cheap to share across threads."""
 
@@ -118,6 +142,7 @@ class Live:
         self._update = self.redis.register_script(_UPDATE)
         self._top = self.redis.register_script(_TOP)
         self._rank = self.redis.register_script(_RANK)
+        self._absorb = self.redis.register_script(ABSORB)
 
     @property
     def changes_channel(self) -> str:
@@ -149,20 +174,21 @@ class Live:
         if pipe is None:
             self.execute(target)
 
-    def execute(self, pipe: Any) -> list[Any]:
+    def execute(self, pipe: Any, raise_on_error: bool = True) -> list[Any]:
         """Run a pipeline whose scripts are called by SHA, as ``update`` and ``queue_rank`` queue them.
 
         redis-py would ask Redis whether it knows a pipeline's scripts (SCRIPT EXISTS) before
         every pipeline: one round trip more per batch. Redis forgets them only when it restarts
         or is flushed; then the scripts are loaded and just their calls run again, which is safe
         because each is guarded by the team's version or only reads. The first error is raised
-        once every command has run, as ``pipe.execute()`` does.
+        once every command has run, as ``pipe.execute()`` does (or, ``raise_on_error=False``, left
+        in its place among the results).
         """
         stack = list(pipe.command_stack)
         results = pipe.execute(raise_on_error=False)
         missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
         if missing:
-            for script in (self._update, self._top, self._rank):
+            for script in (self._update, self._top, self._rank, self._absorb):
                 self.redis.script_load(script.script)
             again = self.redis.pipeline(transaction=False)
             for i in missing:
@@ -170,10 +196,15 @@ class Live:
                 again.execute_command(*args, **options)
             for i, result in zip(missing, again.execute(raise_on_error=False), strict=True):
                 results[i] = result
-        for result in results:
+        for result in results if raise_on_error else ():
             if isinstance(result, Exception):
                 raise result
         return results
+
+    def queue_absorb(self, queue: str, job_ids: list[str], pipe: Any) -> None:
+        """Queue the removal of these committed jobs' messages from ``queue`` (``models.broker.ABSORB``);
+        its result, in ``execute``'s, is the ids whose message it removed."""
+        pipe.evalsha(self._absorb.sha, 1, queue, 2 * len(job_ids) + 16, *job_ids)
 
     def rebuild(self, competition_id: int, standings: list[Standing]) -> None:
         """Write every team of the competition, read from PostgreSQL, and mark the board complete.

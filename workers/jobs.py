@@ -92,30 +92,6 @@ def _take_named() -> Any:
 _TAKE_NAMED = _take_named()
 
 
-# Takes the messages of jobs this consumer has just committed off its queue's list, oldest first.
-# KEYS[1]: the queue's list (kombu's Redis layout: pushed on the left, taken from the right).
-# ARGV[1]: how many messages from the oldest end to look at; ARGV[2...]: the jobs' ids, which are
-# their tasks' ids (``models.broker``). Returns the ids whose message it removed. A message is
-# removed only if its job is among those committed, so nothing not yet applied can be lost; a
-# message the worker has already taken is not in the list and comes as usual.
-_ABSORB = """
-local want = {}
-for i = 2, #ARGV do want[ARGV[i]] = true end
-local n = math.min(redis.call('LLEN', KEYS[1]), tonumber(ARGV[1]))
-if n == 0 then return {} end
-local items = redis.call('LRANGE', KEYS[1], -n, -1)
-local removed = {}
-for i = #items, 1, -1 do
-  local id = string.match(items[i], '"id": ?"([%x%-]+)"')
-  if id and want[id] then
-    redis.call('LREM', KEYS[1], -1, items[i])
-    removed[#removed + 1] = id
-  end
-end
-return removed
-"""
-
-
 class Absorbed(NamedTuple):
     """A job whose message a batch took off its queue: what Flower is told of its task."""
 
@@ -143,7 +119,6 @@ class WorkerContext:
     # Told of the jobs whose messages ``absorb`` took off the queue (the worker sends their task
     # events); without it (tests, tools), messages are left for the worker to ack one by one.
     on_absorbed: Callable[[list[Absorbed]], None] | None = None
-    _absorb: Any = None
 
     @property
     def producer(self) -> Producer:
@@ -152,25 +127,11 @@ class WorkerContext:
             self._producer = producer(self.settings)
         return self._producer
 
-    def absorb(self, queue: str, jobs: dict[uuid.UUID, tuple[str, str, float]]) -> set[uuid.UUID]:
-        """Take the messages of these committed jobs (id: kind, outcome, seconds) off ``queue``.
-
-        Returns the ids whose message was removed, after reporting them to ``on_absorbed``. A
-        failure (Redis away) removes nothing: the messages come and ack one by one.
-        """
-        if self.on_absorbed is None or not jobs:
-            return set()
-        if self._absorb is None:
-            self._absorb = self.producer.redis.register_script(_ABSORB)
-        try:
-            removed = self._absorb(keys=[queue], args=[2 * len(jobs) + 16, *map(str, jobs)])
-        except Exception:
-            log.warning("could not take the applied jobs' messages off %s; they will ack one by one", queue,
-                        exc_info=True)
-            return set()
-        ids = {uuid.UUID(r.decode() if isinstance(r, bytes) else r) for r in removed}
-        if ids:
-            self.on_absorbed([Absorbed(str(i), *jobs[i]) for i in ids])
+    def absorbed(self, removed: list[str], jobs: dict[uuid.UUID, tuple[str, str, float]]) -> set[uuid.UUID]:
+        """Report the jobs (id: kind, outcome, seconds) whose messages ``absorb`` removed; their ids."""
+        ids = {uuid.UUID(r) for r in removed}
+        if ids and self.on_absorbed is not None:
+            self.on_absorbed([Absorbed(str(i), *jobs[i]) for i in ids if i in jobs])
         return ids
 
     def remember(self, outcomes: dict[uuid.UUID, str]) -> None:
@@ -361,16 +322,19 @@ def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str | None
         return None, 0, None
     failpoints.pause(ctx.settings, f"consumer-after-commit.{queue}")
     tally = _tally(batch, run_seconds, queue) if batch else None
+    kinds = {j.id: j.kind for j in batch}
+    applied = {i: (kinds[i], o, run_seconds.get(i, 0.0)) for i, o in outcomes.items()}
+    # The other jobs' messages leave the queue on the announcements' last round trip, after the
+    # waiters and the room are told (only when the worker reports them to Flower).
+    absorb = (queue, [str(i) for i in applied]) if applied and ctx.on_absorbed is not None else None
     if announcements:
         # The metrics ride on the announcements' last round trip, after the events.
-        ctx.publisher.announce_all(announcements, utcnow(), tally)
+        removed = ctx.publisher.announce_all(announcements, utcnow(), tally, absorb=absorb)
         _send_created_jobs(ctx, announcements)
+        for absorbed in ctx.absorbed(removed, applied):
+            ctx.finished.pop(absorbed, None)
     elif tally is not None:
         tally.flush(ctx.live.redis, ctx.settings.redis_prefix)
-    # After the waiters and the room are told: the other jobs' messages leave the queue now.
-    kinds = {j.id: j.kind for j in batch}
-    for absorbed in ctx.absorb(queue, {i: (kinds[i], o, run_seconds.get(i, 0.0)) for i, o in outcomes.items()}):
-        ctx.finished.pop(absorbed, None)
     if crashed:
         raise JobCrashed(f"job {job_id} crashed; retrying")
     return named, len(taken), queue

@@ -114,8 +114,12 @@ class Publisher:
         self.live = live
         self.sio = BufferedRedisManager(settings.redis_url, channel=live.socketio_channel)
 
-    def announce_all(self, announcements: list[Announcement], at: datetime, tally: Tally | None = None) -> None:
+    def announce_all(self, announcements: list[Announcement], at: datetime, tally: Tally | None = None,
+                     absorb: tuple[str, list[str]] | None = None) -> list[str]:
         """Announce a committed batch in one Redis round trip, or two when a newcomer's rank must be read.
+
+        ``absorb`` (a queue and the ids of the batch's other jobs) takes those jobs' messages off
+        the queue on the last round trip (``Live.queue_absorb``); returns the ids it removed.
 
         The order within the pipeline is the order of the old round trips: waiting requests first
         (their answer is in PostgreSQL already; Redis runs their publishes before anything else),
@@ -152,10 +156,20 @@ class Publisher:
                 pipe = self.live.redis.pipeline(transaction=False)
         if tally is not None:
             tally.queue(pipe, self.settings.redis_prefix)
+        if absorb is not None:
+            self.live.queue_absorb(*absorb, pipe)
         try:
-            self.live.execute(pipe)
+            results = self.live.execute(pipe, raise_on_error=False)
         except Exception:
+            # Redis away: nothing was taken off the queue, those messages come and ack one by one.
             log.exception("announcing %d job(s) failed", len(announcements))
+            return []
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            log.error("announcing %d job(s) failed", len(announcements), exc_info=failed[0])
+        if absorb is None or isinstance(results[-1], Exception):
+            return []
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in results[-1]]
 
     def _queue_events(self, pipe: Any, announcements: list[Announcement], at: datetime) -> None:
         # Built in full before the first is queued, so a failure publishes none of a batch's events.
