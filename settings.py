@@ -119,7 +119,9 @@ class Settings:
         DEV_ADMIN_TOKEN, "Organisers' bearer token, for the API and Socket.IO. Required (16+ characters) in production "
         "and whenever the API or realtime listens beyond loopback.", f"{API}, {REALTIME}")
     board_queues: int = setting(
-        4, "Number of `board.N` queues (claims and answers, routed by question); one consumer each.",
+        2, "Number of `board.N` queues (claims and answers, routed by question); one consumer each. About one "
+        "per core the consumers can have: on a 2-core machine 2 carried 1.26x the teams/s of 4 on register-and-"
+        "claim (`loadtests/results/20261202-073000-board-queues/`), as more queues mean smaller batches.",
         f"{API}, {WORKERS}, {SWEEPER}, {LAUNCHER}")
     competition_queues: int = setting(
         1, "Number of `competition.N` queues (a competition's mystery boxes and organiser jobs, routed by "
