@@ -18,15 +18,18 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import delete, exists, func, select
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 import logs
 from models import metrics
 from models.broker import Producer, enqueue, producer
 from models.db import make_engine, make_sessionmaker
+from models.kinds import KINDS, all_queues
 from models.live import Live, utcnow
 from models.ranking import all_standings
 from models.tables import Claim, Competition, Job, MysteryBox, Question, Submission
@@ -40,6 +43,12 @@ def broker_lists(queue: str) -> list[str]:
     """The Redis lists kombu keeps a queue's waiting messages in: the queue's name, and its name
     with each priority step (``PRIORITY_SEP`` and the step) for messages sent with a priority."""
     return [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]
+
+
+def _numbered(queue: str, family: str) -> bool:
+    """Whether ``queue`` is one of ``family``'s numbered queues (``board.5``), served or not."""
+    prefix, _, number = queue.partition(".")
+    return prefix == family and number.isdigit()
 
 
 class Sweeper:
@@ -64,12 +73,13 @@ class Sweeper:
     def resend_stale_jobs(self, everything: bool = False) -> int:
         cutoff = utcnow() - timedelta(seconds=0 if everything else self.settings.sweep_after)
         with self.sessions() as session:
-            stale = session.execute(
-                select(Job.id, Job.kind, Job.queue)
+            rows = session.execute(
+                select(Job.id, Job.kind, Job.queue, Job.competition_id, Job.payload)
                 .where(Job.status.in_(("queued", "running")), Job.created_at < cutoff)
                 .order_by(Job.created_at)
                 .limit(5000)
             ).all()
+            stale = self._rerouted(session, rows)
         now = time.monotonic()
         # A job stuck behind a long queue is not lost: resend it at most once per
         # several sweep periods so a backlog is not multiplied.
@@ -88,11 +98,42 @@ class Sweeper:
             enqueue(self.sender, key, kind, queue)
             self._resent[key] = now
             sent += 1
-        live_ids = {str(r.id) for r in stale}
+        live_ids = {str(job_id) for job_id, _, _ in stale}
         self._resent = {k: v for k, v in self._resent.items() if k in live_ids}
         if sent:
             log.warning("re-sent %d unfinished job(s)", sent)
         return sent
+
+    def _rerouted(self, session: Session, rows: Sequence[Any]) -> list[tuple[Any, str, str]]:
+        """(id, kind, queue) of each stale job, moved to its queue under today's settings if its own
+        has no consumer any more.
+
+        A job keeps the queue it was routed to; if ``BOARD_QUEUES`` or ``COMPETITION_QUEUES`` went
+        down while jobs waited (the default board queues went from 4 to 2), nothing would ever take
+        the ones on a queue beyond the new count. Routing is a hash of the same things as before, so
+        such a job joins the queue its question's or competition's newer jobs are on, ahead of them
+        (a batch takes the oldest first).
+        """
+        served = set(all_queues(self.settings))
+        stale: list[tuple[Any, str, str]] = []
+        moved = False
+        for row in rows:
+            queue = row.queue
+            if queue not in served and row.kind in KINDS and _numbered(queue, KINDS[row.kind].family):
+                try:
+                    queue = KINDS[row.kind].queue(self.settings, row.competition_id,
+                                                  (row.payload or {}).get("questionId"))
+                except ValueError:
+                    queue = row.queue  # no question to route by: left where it is, and reported by check
+                else:
+                    session.execute(update(Job).where(Job.id == row.id, Job.status == "queued").values(queue=queue))
+                    moved = True
+                    log.warning("job %s waited on %s, which no consumer takes any more; moved to %s", row.id,
+                                row.queue, queue)
+            stale.append((row.id, row.kind, queue))
+        if moved:
+            session.commit()
+        return stale
 
     def queues_with_messages(self, queues: set[str]) -> set[str]:
         """The queues whose broker list holds messages now (kombu's Redis transport keeps one list

@@ -434,3 +434,26 @@ def test_a_batch_takes_the_messages_of_the_jobs_it_applied_off_its_queue(
     # Their messages will not come: nothing is kept for them.
     assert not {uuid.UUID(i) for i in ids[1:]} & worker_context.finished.keys()
     assert {row.status for row in db.jobs(ids).values()} == {"succeeded"}
+
+
+def test_the_sweeper_moves_a_job_off_a_queue_no_consumer_takes(
+        api: Api, db: Db, settings: Settings, competition: dict[str, Any], sender: Producer) -> None:
+    """A job left on a queue beyond today's count (BOARD_QUEUES lowered while it waited) is routed
+    again, as a new job would be, and applied."""
+    slug = competition["slug"]
+    api.add_questions(slug, questions(1))
+    team = api.register(slug, unique("Moved"))
+    competition_id = db.competition(slug).id
+    orphan = f"board.{settings.board_queues + 3}"
+    job_id = insert_job(db, competition_id=competition_id, kind="claim", queue=orphan, token=team.token,
+                        payload={"questionId": "Q1"}, team_id=team.id, age_seconds=60)
+    live = Live(settings)
+    try:
+        sweeper = Sweeper(settings.with_overrides(sweep_after=30.0), make_sessionmaker(db.engine), live, sender)
+        assert sweeper.resend_stale_jobs() >= 1
+        db.wait_jobs([job_id])
+    finally:
+        live.redis.close()
+    row = db.jobs([job_id])[job_id]
+    assert (row.queue, row.status) == (board_queue(settings, competition_id, "Q1"), "succeeded")
+    assert row.result["questionId"] == "Q1"
