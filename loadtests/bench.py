@@ -143,8 +143,8 @@ FULL = [
              locust_env=fixed_rate(FANOUT_PLAYS, 150, 60, FANOUT_WARMUP)),
     Scenario("fanout10k", f"fan-out: 10,000 clients, 2 realtime processes behind HAProxy, {FANOUT_PLAYS} plays/s",
              "open_load.py", 150, FANOUT_WARMUP + 60,
-             spectators=(5000, 5000), organisers=10, connect_rate=250.0, client="frames", balanced=True,
-             locust_env=fixed_rate(FANOUT_PLAYS, 150, 60, FANOUT_WARMUP)),
+             spectators=(5000, 5000), client_processes=2, organisers=10, connect_rate=250.0, client="frames",
+             balanced=True, locust_env=fixed_rate(FANOUT_PLAYS, 150, 60, FANOUT_WARMUP)),
     # The fan-out as it was first measured: 150 players with no think time, which saturates this
     # machine's two cores with writes, so spectators and server wait for a core (see README).
     Scenario("fanout_closed", "fan-out: 2,000 clients, 1 realtime process, writes as fast as they go", "fanout.py",
