@@ -173,9 +173,10 @@ class Settings:
         10, "SQLAlchemy connections kept per process; PostgreSQL's `max_connections` must cover every process.",
         f"{API}, {WORKERS}, {SWEEPER}, {REALTIME}")
     # Public leaderboard broadcasts per competition are coalesced into at most one per
-    # interval; see DESIGN.md "Why the public room is coalesced".
+    # interval; see DESIGN.md "Why the public room is coalesced". The oldest change of a
+    # broadcast waits about this long, so it is most of the spectators' latency (issue 10).
     broadcast_interval: float = setting(
-        0.25, "Shortest gap in seconds between two public broadcasts of one competition (longer when "
+        0.15, "Shortest gap in seconds between two public broadcasts of one competition (longer when "
         "broadcasts take long).", REALTIME)
     # How often a realtime server re-reads the competitions it serves (state, freeze) from
     # PostgreSQL, in case a pub/sub message about them was lost.

@@ -113,10 +113,18 @@ def open_load(users: int, steps: tuple[int, ...], step: int, warmup: int, base: 
 FANOUT_PLAYS = 10
 
 
-def fixed_rate(plays: int, users: int, seconds: int) -> tuple[tuple[str, str], ...]:
-    """Locust's environment for ``open_load.py`` at one arrival rate for the whole run."""
+# Before the fan-out's measured minute, the players register (all at once, as Locust starts them)
+# and play at the same rate until the system has settled; the spectators' events are timed from
+# the measured window's start (the open load's first step) to the end of the drain.
+FANOUT_WARMUP = 15
+
+
+def fixed_rate(plays: int, users: int, seconds: int, warmup: int = 0) -> tuple[tuple[str, str], ...]:
+    """Locust's environment for ``open_load.py`` at one arrival rate for the whole run, after ``warmup``
+    seconds at that rate that are not measured."""
     return (("QUIZ_OPEN_BASE", "competition"), ("QUIZ_OPEN_STEPS", str(plays)),
-            ("QUIZ_OPEN_STEP_SECONDS", str(seconds)), ("QUIZ_OPEN_WARMUP", "0"), ("QUIZ_OPEN_USERS", str(users)))
+            ("QUIZ_OPEN_STEP_SECONDS", str(seconds)), ("QUIZ_OPEN_WARMUP", str(warmup)),
+            ("QUIZ_OPEN_USERS", str(users)))
 
 
 # Reported with the median and range of --repeat runs, and as a share of the reference.
@@ -130,13 +138,13 @@ FULL = [
     Scenario("competition", "full competition + 500 spectators", "competition.py", 150, 90,
              spectators=(500,), organisers=5),
     Scenario("claim_race", "claim race", "claim_race.py", 200, 20),
-    Scenario("fanout", f"fan-out: 2,000 clients, 1 realtime process, {FANOUT_PLAYS} plays/s", "open_load.py", 150, 60,
-             spectators=(2000,), client_processes=2, organisers=10, client="frames",
-             locust_env=fixed_rate(FANOUT_PLAYS, 150, 60)),
+    Scenario("fanout", f"fan-out: 2,000 clients, 1 realtime process, {FANOUT_PLAYS} plays/s", "open_load.py", 150,
+             FANOUT_WARMUP + 60, spectators=(2000,), client_processes=2, organisers=10, client="frames",
+             locust_env=fixed_rate(FANOUT_PLAYS, 150, 60, FANOUT_WARMUP)),
     Scenario("fanout10k", f"fan-out: 10,000 clients, 2 realtime processes behind HAProxy, {FANOUT_PLAYS} plays/s",
-             "open_load.py", 150, 60,
-             spectators=(5000, 5000), organisers=10, connect_rate=250.0, client="frames", balanced=True,
-             locust_env=fixed_rate(FANOUT_PLAYS, 150, 60)),
+             "open_load.py", 150, FANOUT_WARMUP + 60,
+             spectators=(5000, 5000), client_processes=2, organisers=10, connect_rate=250.0, client="frames",
+             balanced=True, locust_env=fixed_rate(FANOUT_PLAYS, 150, 60, FANOUT_WARMUP)),
     # The fan-out as it was first measured: 150 players with no think time, which saturates this
     # machine's two cores with writes, so spectators and server wait for a core (see README).
     Scenario("fanout_closed", "fan-out: 2,000 clients, 1 realtime process, writes as fast as they go", "fanout.py",
@@ -439,7 +447,7 @@ class Bench:
             str(BIN / "locust"), "-f", str(REPO / "loadtests" / sc.locustfile), "--headless",
             # With a load shape (open load) the shape sets the users, and -t is only a backstop.
             *(["-u", str(sc.users), "-r", str(sc.users)] if not sc.name.startswith("open_") else []),
-            "-t", f"{sc.seconds + (10 if sc.name.startswith('open_') else 0)}s", "--stop-timeout", "10",
+            "-t", f"{sc.seconds + (10 if sc.locustfile == 'open_load.py' else 0)}s", "--stop-timeout", "10",
             "--host", host or stack.api, "--csv", str(self.out / key), "--csv-full-history",
             "--html", str(self.out / f"{key}.html"), "--loglevel", "WARNING", "--only-summary",
         ]
@@ -717,15 +725,24 @@ class Bench:
         ok = [s for s in summaries if s]
         lat = np.concatenate(latency) if latency else np.zeros(0)
         ev = np.concatenate(events) if events else np.zeros(0, np.int8)
+        at = np.concatenate(arrival) if arrival else np.zeros(0)
+        # An open load's warm-up is set-up, not measured: events count from its first step on.
+        measured_from = _first_step_start(self.raw, key)
+        warmup_events = 0
+        if measured_from is not None and len(at) == len(lat):
+            keep = at >= measured_from
+            warmup_events = int((~keep).sum())
+            lat, ev, at = lat[keep], ev[keep], at[keep]
         from loadtests.spectators import EVENTS
 
         by_event = {name: {"count": int((ev == i).sum()), **report.percentiles(lat[ev == i])}
                     for i, name in enumerate(EVENTS) if (ev == i).any()}
         # Beside the request samples, kept with the run: every event's commit-to-event latency.
         (self.out / "samples").mkdir(exist_ok=True)
-        np.savez_compressed(self.out / "samples" / f"{key}-events.npz", latency=lat,
-                            arrival=np.concatenate(arrival) if arrival else np.zeros(0), event=ev)
+        np.savez_compressed(self.out / "samples" / f"{key}-events.npz", latency=lat, arrival=at, event=ev)
         return {
+            "measured_from": measured_from,
+            "warmup_events": warmup_events,
             "client": "python-socketio AsyncClient" if sc.client == "socketio" else "minimal protocol client",
             "clients": sum(sc.spectators),
             "processes": len(sc.groups),
@@ -748,6 +765,15 @@ class Bench:
             "loop_lag_max": max((s["loop_lag_ms"]["max"] or 0 for s in ok), default=None),
             "final_leaderboard_top": (ok[0]["final_leaderboard"] or [])[:3] if ok else None,
         }
+
+
+def _first_step_start(raw: Path, key: str) -> float | None:
+    """When an open load's first step began (after its warm-up); None without one."""
+    path = raw / f"{key}-samples.json.steps.json"
+    if not path.exists():
+        return None
+    steps = json.loads(path.read_text()).get("steps") or []
+    return float(steps[0]["start"]) if steps else None
 
 
 def _histogram(families: dict[str, Any], name: str, event: str | None) -> dict[float, float]:

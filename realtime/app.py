@@ -267,13 +267,17 @@ class Coalescer:
     standings. Each realtime process does this for its own clients (``ignore_queue``).
 
     The spacing grows with the audience: the next broadcast waits at least ``LOAD_FACTOR`` times
-    as long as the last one took to write to every client, which keeps broadcasting under a
-    third of the process and leaves room for connects and private events. (Written once and
-    copied to each socket, a broadcast to 2,000 clients takes a few tens of milliseconds, so
-    the interval rules until audiences far larger than that.)
+    as long as the last one took to write to every client, which keeps broadcasting under half
+    of the process and leaves room for connects and private events. The oldest change of a
+    broadcast waits about one spacing, so the factor is also most of the spectators' latency:
+    at 2,000 clients a broadcast takes 55-75 ms to write on the benchmark's shared 2 cores, and
+    with 3x that (165-225 ms) the factor, not the interval, set the pace; at 2x the interval
+    rules up to about 2,000 clients per process (fan-out benchmark, issue 10). Past that, the
+    machine's cores are the limit whichever the factor: at 5,000 clients per process, 2x only
+    made each broadcast slower to write.
     """
 
-    LOAD_FACTOR = 3.0
+    LOAD_FACTOR = 2.0
     COMPETITIONS = 1024
 
     def __init__(self, sio: socketio.Server, live: Live, directory: Directory, runtime: Runtime,

@@ -82,7 +82,7 @@ def test_the_old_name_of_competition_queues_is_still_read() -> None:
 def test_empty_values_mean_the_default() -> None:
     settings = Settings.from_env({"BOARD_QUEUES": "", "BROADCAST_INTERVAL": "", "ADMIN_TOKEN": ""})
     assert settings.board_queues == 4
-    assert settings.broadcast_interval == 0.25
+    assert settings.broadcast_interval == 0.15
     assert settings.admin_token == DEV_ADMIN_TOKEN
 
 
