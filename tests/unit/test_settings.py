@@ -17,14 +17,14 @@ def test_empty_environment_gives_the_defaults() -> None:
                  "cors_origins", "log_level", "max_body_bytes", "environment"):
         assert getattr(settings, name) == getattr(defaults, name), name
     assert settings.admin_token == DEV_ADMIN_TOKEN
-    assert settings.board_queues == 4
+    assert settings.board_queues == 2
     assert settings.competition_queues == 1
     assert not settings.production
 
 
 def test_only_the_given_mapping_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BOARD_QUEUES", "9")
-    assert Settings.from_env({}).board_queues == 4
+    assert Settings.from_env({}).board_queues == 2
     assert Settings.from_env().board_queues == 9
 
 
@@ -81,7 +81,7 @@ def test_the_old_name_of_competition_queues_is_still_read() -> None:
 
 def test_empty_values_mean_the_default() -> None:
     settings = Settings.from_env({"BOARD_QUEUES": "", "BROADCAST_INTERVAL": "", "ADMIN_TOKEN": ""})
-    assert settings.board_queues == 4
+    assert settings.board_queues == 2
     assert settings.broadcast_interval == 0.15
     assert settings.admin_token == DEV_ADMIN_TOKEN
 
@@ -130,9 +130,9 @@ def test_settings_error_is_a_value_error() -> None:
 
 def test_with_overrides_returns_a_copy() -> None:
     settings = Settings()
-    changed = settings.with_overrides(sweep_after=1.0, board_queues=2)
-    assert (changed.sweep_after, changed.board_queues) == (1.0, 2)
-    assert (settings.sweep_after, settings.board_queues) == (15.0, 4)
+    changed = settings.with_overrides(sweep_after=1.0, board_queues=3)
+    assert (changed.sweep_after, changed.board_queues) == (1.0, 3)
+    assert (settings.sweep_after, settings.board_queues) == (15.0, 2)
 
 
 def test_production_needs_a_strong_secret_key_of_its_own() -> None:
