@@ -273,8 +273,8 @@ class Coalescer:
     at 2,000 clients a broadcast takes 55-75 ms to write on the benchmark's shared 2 cores, and
     with 3x that (165-225 ms) the factor, not the interval, set the pace; at 2x the interval
     rules up to about 2,000 clients per process (fan-out benchmark, issue 10). Past that, the
-    machine's cores are the limit whichever the factor: at 5,000 clients per process, 2x only
-    made each broadcast slower to write.
+    machine's cores are the limit whichever the factor: at 5,000 clients per process 2x and 3x
+    measured about the same, the writes taking longer at 2x.
     """
 
     LOAD_FACTOR = 2.0
