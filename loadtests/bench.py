@@ -441,6 +441,11 @@ class Bench:
         stack = self.stack
         assert stack is not None
         env = dict(stack.env, QUIZ_SAMPLES=str(self.raw / f"{key}-samples.json"), **dict(sc.locust_env))
+        # The stack's environment drops every QUIZ_ variable; the share of waiting writes is the load
+        # generator's, so the caller's choice reaches Locust (``QUIZ_WAIT_SHARE=0``: a write's 202
+        # alone is timed, the "accept" of issue 11's registration target, and its job polled).
+        if "QUIZ_WAIT_SHARE" in os.environ:
+            env["QUIZ_WAIT_SHARE"] = os.environ["QUIZ_WAIT_SHARE"]
         if fixture_path is not None:
             env["QUIZ_FIXTURE"] = str(fixture_path)
         argv = [
