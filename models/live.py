@@ -202,7 +202,7 @@ class Live:
         return results
 
     def queue_absorb(self, queue: str, job_ids: list[str], pipe: Any) -> None:
-        """Queue the removal of these committed jobs' messages from ``queue`` (``models.broker.ABSORB``);
+        """Queue the removal of these committed jobs' messages from ``queue`` (``ABSORB``);
         its result, in ``execute``'s, is the ids whose message it removed."""
         pipe.evalsha(self._absorb.sha, 1, queue, 2 * len(job_ids) + 16, *job_ids)
 

@@ -23,7 +23,7 @@ from celery import Celery
 from sqlalchemy import Engine, create_engine, pool, text
 from sqlalchemy.engine import make_url
 
-from models.broker import Producer, celery_config, producer
+from models.broker import Producer, control_app, producer
 from models.kinds import all_queues
 from models.migrate import upgrade
 from settings import Settings
@@ -208,8 +208,7 @@ def sender(settings: Settings) -> Iterator[Producer]:
 @pytest.fixture
 def celery(settings: Settings) -> Iterator[Celery]:
     """A Celery app on the test broker (with the stack's configuration), for reading its events."""
-    app = Celery("quiz-test", broker=settings.redis_url, set_as_current=False)
-    app.conf.update(celery_config(settings))
+    app = control_app(settings)
     yield app
     app.close()
 

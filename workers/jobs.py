@@ -6,10 +6,10 @@ takes that job together with the other jobs already waiting on its queue (oldest
 ``worker_batch_size`` per transaction, until none is left) and applies them, each with its own
 result: inside its own savepoint, unless the kind declares it needs none (``models.kinds``).
 Once the batch is committed, the worker takes the messages of the other jobs it applied off its
-queue's list in one Redis call (``absorb``) and reports each as a finished task to Flower
-itself, so a message whose job is done costs neither Celery's handling of a message nor a
-database read. A message the call did not find (not yet sent, or already taken by the worker)
-comes later and acks at once: the worker remembers the outcomes it has just committed.
+queue's list on its announcements' last Redis round trip (``models.live.ABSORB``) and reports
+each as a finished task to Flower itself, so a message whose job is done costs neither Celery's
+handling of a message nor a database read. A message not found there (not yet sent, or already
+taken by the worker) comes later and acks at once: the worker remembers those outcomes.
 Batching keeps the per-queue order and the one-consumer-per-queue guarantee, and turns N
 commits, N job updates and N Redis round trips into a few: the batch locks and loads its teams
 and reads the clock in one statement, and writes every job's outcome in one executemany.
@@ -116,7 +116,7 @@ class WorkerContext:
     _producer: Producer | None = None
     # Outcomes this process committed whose message has not come yet, oldest first (see run_job).
     finished: dict[uuid.UUID, str] = field(default_factory=dict)
-    # Told of the jobs whose messages ``absorb`` took off the queue (the worker sends their task
+    # Told of the jobs whose messages the batch took off the queue (``models.live.ABSORB``) (the worker sends their task
     # events); without it (tests, tools), messages are left for the worker to ack one by one.
     on_absorbed: Callable[[list[Absorbed]], None] | None = None
 
@@ -128,7 +128,7 @@ class WorkerContext:
         return self._producer
 
     def absorbed(self, removed: list[str], jobs: dict[uuid.UUID, tuple[str, str, float]]) -> set[uuid.UUID]:
-        """Report the jobs (id: kind, outcome, seconds) whose messages ``absorb`` removed; their ids."""
+        """Report the jobs (id: kind, outcome, seconds) whose messages ``ABSORB`` removed; their ids."""
         ids = {uuid.UUID(r) for r in removed}
         if ids and self.on_absorbed is not None:
             self.on_absorbed([Absorbed(str(i), *jobs[i]) for i in ids if i in jobs])
@@ -315,8 +315,6 @@ def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str | None
     outcomes = {j.id: outcome(j.status, j.error) for j in batch if j.status in FINISHED}
     if job_id is not None and job_id in outcomes:
         named = outcomes.pop(job_id)
-    # Committed: the other jobs' messages, still to come, can be answered without a read.
-    ctx.remember(outcomes)
     if queue is None:
         # The named job does not exist (purged): nothing was taken.
         return None, 0, None
@@ -331,10 +329,14 @@ def _run_batch(ctx: WorkerContext, job_id: uuid.UUID | None, queue: str | None
         # The metrics ride on the announcements' last round trip, after the events.
         removed = ctx.publisher.announce_all(announcements, utcnow(), tally, absorb=absorb)
         _send_created_jobs(ctx, announcements)
-        for absorbed in ctx.absorbed(removed, applied):
-            ctx.finished.pop(absorbed, None)
-    elif tally is not None:
-        tally.flush(ctx.live.redis, ctx.settings.redis_prefix)
+        absorbed = ctx.absorbed(removed, applied)
+    else:
+        absorbed: set[uuid.UUID] = set()
+        if tally is not None:
+            tally.flush(ctx.live.redis, ctx.settings.redis_prefix)
+    # Committed: the other jobs' messages still to come (not taken off the queue) are answered
+    # without a read.
+    ctx.remember({i: o for i, o in outcomes.items() if i not in absorbed})
     if crashed:
         raise JobCrashed(f"job {job_id} crashed; retrying")
     return named, len(taken), queue

@@ -10,6 +10,7 @@ clients can always read their jobs over REST.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -52,6 +53,11 @@ class Announcement:
     competition: Competition
     job: Job
     outbox: Outbox
+
+    @functools.cached_property
+    def job_fields(self) -> dict[str, Any]:
+        """The finished job's contract fields, built once for the waiter's notice and ``job_update``."""
+        return job_fields(self.job)
 
 
 class BufferedRedisManager(socketio.RedisManager):
@@ -103,7 +109,7 @@ def _outgoing(a: Announcement, at: datetime) -> Outgoing:
         deadline = iso(team.deadline) if team.deadline else None
         out.private.append((TimeUpdate(competition=slug, at=stamp, deadline=deadline, remaining_seconds=remaining,
                                        request_id=request_id), team_room(team.token_hash)))
-    out.private.append((JobUpdate(competition=slug, at=stamp, request_id=request_id, **job_fields(a.job)),
+    out.private.append((JobUpdate(competition=slug, at=stamp, request_id=request_id, **a.job_fields),
                         team_room(a.job.owner_hash)))
     return out
 
@@ -131,7 +137,7 @@ class Publisher:
         pipe = self.live.redis.pipeline(transaction=False)
         for a in announcements:
             pipe.publish(self.live.jobs_channel, encode(JobFinished(job_id=str(a.job.id), status=a.job.status,
-                                                                    job=JobView(**job_fields(a.job)))))
+                                                                    job=JobView(**a.job_fields))))
             if a.job.kind == "submit" and a.job.result is not None and a.job.result.get("correct") is False:
                 self.live.count_wrong_answer(a.job.team_id, pipe)
         unranked: list[tuple[Announcement, TeamChange]] = []
