@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -227,6 +228,13 @@ class Live:
     def queue_rank(self, competition_id: int, team_id: int, pipe: Any) -> None:
         """Queue a rank look-up on a pipeline; its result is the 0-based rank or None."""
         pipe.evalsha(self._rank.sha, 2, *self._keys(competition_id), team_id)
+
+    def boards_complete(self, competition_ids: Sequence[int]) -> list[bool]:
+        """``has_board`` for many competitions, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for competition_id in competition_ids:
+            pipe.hexists(self._keys(competition_id)[1], COMPLETE)
+        return [bool(found) for found in pipe.execute()] if competition_ids else []
 
     def has_board(self, competition_id: int) -> bool:
         """Whether the cached board is whole (rebuilt from PostgreSQL since Redis last lost it)."""

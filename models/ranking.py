@@ -55,12 +55,43 @@ def standing(team: Team) -> Standing:
     )
 
 
+_STANDING_COLUMNS = (Team.id, Team.name, Team.points, Team.points_version, Team.points_at, Team.disqualified)
+
+
 def all_standings(session: Session, competition_id: int) -> list[Standing]:
-    # Plain columns: the sweeper rebuilds every running competition's cache every few seconds.
-    rows = session.execute(
-        select(Team.id, Team.name, Team.points, Team.points_version, Team.points_at, Team.disqualified)
-        .where(Team.competition_id == competition_id)
-    ).all()
+    # Plain columns: the sweeper rebuilds a live competition's whole cache now and then.
+    rows = session.execute(select(*_STANDING_COLUMNS).where(Team.competition_id == competition_id)).all()
+    return _standings(rows)
+
+
+def snapshot_horizon(session: Session) -> int:
+    """The oldest transaction id the next statement's snapshot may not see the effects of (its xmin).
+
+    Every team row written by a transaction that was still running then, or began later, carries
+    an ``xmin`` at or past it; every other write is already visible. So ``changed_standings``
+    with a horizon taken before a read finds whatever that read could have missed, without
+    guessing how long a transaction can take.
+    """
+    return int(session.scalar(sql_text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")))
+
+
+# ``xmin`` is the 32-bit transaction id that wrote the row version; compared modulo 2^32 (the way
+# PostgreSQL orders xids), so the wrap of the counter does not hide a change. A row older than
+# 2^31 transactions may compare as newer: it is then written again, which is harmless.
+_CHANGED = sql_text(
+    """
+    SELECT id, name, points, points_version, points_at, disqualified FROM teams
+    WHERE competition_id = :c AND ((xmin::text::bigint - :horizon) & 4294967295) < 2147483648
+    """
+)
+
+
+def changed_standings(session: Session, competition_id: int, horizon: int) -> list[Standing]:
+    """The standings of teams written by transactions at or past ``horizon`` (``snapshot_horizon``)."""
+    return _standings(session.execute(_CHANGED, {"c": competition_id, "horizon": horizon & 0xFFFFFFFF}).all())
+
+
+def _standings(rows: Any) -> list[Standing]:
     return [Standing(team_id=r.id, name=r.name, points=r.points, version=r.points_version,
                      reached_at=r.points_at, visible=not r.disqualified) for r in rows]
 

@@ -31,7 +31,7 @@ from models.broker import Producer, enqueue, producer
 from models.db import make_engine, make_sessionmaker
 from models.kinds import KINDS, all_queues
 from models.live import Live, utcnow
-from models.ranking import all_standings
+from models.ranking import all_standings, changed_standings, snapshot_horizon
 from models.tables import Claim, Competition, Job, MysteryBox, Question, Submission
 from settings import Settings
 from workers.rules import Outbox, schedule_box_expiry, schedule_claim_release
@@ -52,12 +52,17 @@ def _numbered(queue: str, family: str) -> bool:
 
 
 class Sweeper:
+    WHOLE_EVERY = 60.0
+
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], live: Live, sender: Producer) -> None:
         self.settings = settings
         self.sessions = sessions
         self.live = live
         self.sender = sender
         self._resent: dict[str, float] = {}
+        # Per live competition: the transaction horizon of the last read of its teams, and when
+        # (monotonic) the whole board was last written.
+        self._refreshed: dict[int, tuple[int, float]] = {}
         self._swept = False
 
     def redis_was_emptied(self) -> bool:
@@ -154,13 +159,36 @@ class Sweeper:
         return {queue for i, queue in enumerate(names) if any(counts[i * steps:(i + 1) * steps])}
 
     def refresh_leaderboards(self) -> int:
+        """Write into each live competition's cache the standings it may have missed; return how many.
+
+        A worker announces its teams' standings after its commit, so one killed in between leaves
+        the cache behind PostgreSQL. Each sweep writes the teams changed since the previous sweep's
+        read (``changed_standings``), which costs what changed, not the size of the competition; the
+        whole competition is written on its first sweep, after Redis lost the board, and every
+        ``WHOLE_EVERY`` seconds (a change no transaction id shows, such as a team deleted).
+        """
+        now = time.monotonic()
+        written = 0
         with self.sessions() as session:
+            horizon = snapshot_horizon(session)
             competitions = session.scalars(
                 select(Competition.id).where(Competition.state.in_(("open", "running", "paused")))
             ).all()
-            for competition_id in competitions:
-                self.live.rebuild(competition_id, all_standings(session, competition_id))
-        return len(competitions)
+            complete = self.live.boards_complete(competitions)
+            for competition_id, whole_board in zip(competitions, complete, strict=True):
+                last = self._refreshed.get(competition_id)
+                if not whole_board or last is None or now - last[1] >= self.WHOLE_EVERY:
+                    standings = all_standings(session, competition_id)
+                    self.live.rebuild(competition_id, standings)
+                    self._refreshed[competition_id] = (horizon, now)
+                else:
+                    standings = changed_standings(session, competition_id, last[0])
+                    self.live.update(competition_id, standings)
+                    self._refreshed[competition_id] = (horizon, last[1])
+                written += len(standings)
+        for gone in self._refreshed.keys() - set(competitions):
+            del self._refreshed[gone]
+        return written
 
     def release_expired(self, limit: int = 1000) -> int:
         """Record (and send) a release job for each claim and open box past its claim timeout.

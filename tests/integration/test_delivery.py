@@ -16,6 +16,7 @@ from models.broker import Producer
 from models.db import make_sessionmaker
 from models.kinds import REGISTRATIONS, board_queue
 from models.live import Live
+from models.ranking import changed_standings
 from models.tables import Claim, ScoreEvent, Submission, Team
 from settings import Settings
 from tests.support import (
@@ -226,6 +227,52 @@ def test_sweeper_rebuilds_a_lost_leaderboard_cache(api: Api, db: Db, settings: S
         sweeper = Sweeper(settings, make_sessionmaker(db.engine), live, sender)
         assert sweeper.refresh_leaderboards() >= 1
         assert live.top(competition_id, 10) == expected
+    finally:
+        live.redis.close()
+
+
+def _bump(connection: Any, team_id: int, by: int) -> None:
+    # What a worker's commit does to a team, without the announcement that would follow it.
+    connection.execute(text("UPDATE teams SET points = points + :by, points_version = points_version + 1, "
+                            "points_at = now() WHERE id = :id"), {"by": by, "id": team_id})
+
+
+def test_the_sweeper_writes_what_changed_since_its_last_read_even_if_it_committed_later(
+        api: Api, db: Db, settings: Settings, sender: Producer) -> None:
+    slug = api.create_competition()["slug"]
+    competition_id = db.competition(slug).id
+    for name in ("Slow", "Fast", "Still"):
+        api.register(slug, name)
+    with db.sessions() as session:
+        ids = dict(session.execute(select(Team.name, Team.id).where(Team.competition_id == competition_id)).all())
+    live = Live(settings)
+    sweeper = Sweeper(settings, make_sessionmaker(db.engine), live, sender)
+    try:
+        sweeper.refresh_leaderboards()  # the first read of this competition: its whole board
+        assert sweeper._refreshed[competition_id]
+        slow = db.engine.connect()
+        try:
+            # A transaction that began before the next read and commits after it: a horizon by
+            # clock would have to guess its length, the transaction id does not.
+            slow_tx = slow.begin()
+            _bump(slow, ids["Slow"], 40)
+            with db.engine.begin() as fast:
+                _bump(fast, ids["Fast"], 30)
+            sweeper.refresh_leaderboards()
+            assert {r["teamName"]: r["points"] for r in live.top(competition_id, 10)}["Fast"] == \
+                db.team(ids["Fast"]).points
+            slow_tx.commit()
+        finally:
+            slow.close()
+        with db.sessions() as session:
+            horizon = sweeper._refreshed[competition_id][0]
+            changed = {s.name for s in changed_standings(session, competition_id, horizon)}
+        # The slow writer is still to be written (it committed after the read); the untouched
+        # team is not read again.
+        assert "Slow" in changed and "Still" not in changed
+        sweeper.refresh_leaderboards()
+        assert live.top(competition_id, 10) == db.standings(competition_id, 10)
+        assert [r["teamName"] for r in live.top(competition_id, 10)][:2] == ["Slow", "Fast"]
     finally:
         live.redis.close()
 
