@@ -357,6 +357,11 @@ class Coalescer:
                 return
             changes, state.changes = state.changes, []
             board, state.board = state.board, []
+            if not force and not self._audience(state.info.slug):
+                # Nobody here to tell: no reads, no events. A client connecting meanwhile must
+                # still retake a snapshot read before this news (see ``connect``).
+                state.sent += 1
+                return
             # Two workers can finish jobs of one team moments apart and publish in the other
             # order; their commit times put the team's changes back in the order they happened.
             changes.sort(key=lambda item: item[0])
@@ -365,6 +370,11 @@ class Coalescer:
                 self._broadcast(state, changes, board, force)
             finally:
                 self.metrics.broadcast.observe(time.monotonic() - started)
+
+    def _audience(self, slug: str) -> bool:
+        """Whether any client of this process is in the competition's public or organisers' room."""
+        rooms = self.sio.manager.rooms.get("/", {})
+        return bool(rooms.get(competition_room(slug)) or rooms.get(organisers_room(slug)))
 
     def _reload(self, state: _Pending) -> None:
         """Read the competition again, so a lost settings message cannot leak live standings."""

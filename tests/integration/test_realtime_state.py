@@ -357,3 +357,24 @@ def test_claims_and_releases_reach_spectators_in_the_order_they_happened(api: Ap
         ("question_claimed", "Q1", "Owls"), ("question_released", "Q1", "expired"), ("question_claimed", "Q1", "Bats")]
     assert received[1][1]["releases"] == [{"questionId": "Q1", "reason": "expired"}]
     assert [d["seq"] for _, d in received] == sorted(d["seq"] for _, d in received)
+
+
+def test_news_nobody_here_watches_costs_no_broadcast_and_a_later_spectator_sees_it(
+        api: Api, listen: Listen, stack: Any) -> None:
+    slug = api.create_competition()["slug"]
+    api.add_questions(slug, questions(2))
+    team = api.register(slug, "Quiet")
+    count = "quiz_realtime_broadcast_seconds_count"
+    before = _samples(_scrape(stack.realtime_url, ADMIN_TOKEN).text)
+    answer_right(api, slug, team, "Q1")
+    time.sleep(1.0)  # several broadcast intervals: the news has been taken and dropped by now
+    after = _samples(_scrape(stack.realtime_url, ADMIN_TOKEN).text)
+    assert after.get((count, ()), 0.0) == before.get((count, ()), 0.0)
+
+    spectator = listen(slug)
+    first = spectator.wait_event("leaderboard_update")
+    assert standings_of(first)[0] == ("Quiet", 1100)
+    seen = mark(spectator)
+    answer_right(api, slug, team, "Q2")
+    wait_event_after(spectator, "leaderboard_update", seen, lambda e: standings_of(e)[0][1] == 1200)
+    assert _samples(_scrape(stack.realtime_url, ADMIN_TOKEN).text)[(count, ())] > after.get((count, ()), 0.0)
