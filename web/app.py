@@ -51,6 +51,8 @@ def create_app(settings: Settings, deps: Deps | None = None) -> falcon.App:
         RequestId(),
         ResponseHeaders(settings),
         RateLimits(settings, RateLimiter(deps.redis, settings.redis_prefix)),
+        # Last, so that its response hook runs first: the after-commit hooks (the enqueue, the
+        # Prefer: wait answer, the emits) finish the response before the others see it.
         SessionScope(deps.sessions, deps.autocommit),
     ])
     app.req_options.strip_url_path_trailing_slash = True

@@ -1,4 +1,4 @@
-"""Cross-cutting request handling: the session per request and response headers."""
+"""Cross-cutting request handling: the transaction per request, request ids and response headers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import logs
 from settings import Settings
+from web.transactions import Sessions, Transaction
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -19,34 +20,37 @@ SECURITY_HEADERS = {
 
 
 class SessionScope:
-    """One session per request: committed when the responder succeeds, rolled back otherwise.
+    """Owns each request's transaction (web/transactions.py): the responder's declaration picks the
+    session, and here it is committed or rolled back and closed, then the after-commit hooks run.
 
-    Reads (GET, HEAD) get an autocommit session: they write nothing, so BEGIN and COMMIT would
-    only add two round trips to every poll of a job or page of a list.
+    The last middleware, so its ``process_response`` runs first: a hook can still set the response
+    (``Prefer: wait`` answers 200 with the finished job) before the other middleware see it. Falcon
+    hands an exception raised here to the app's error handlers (a failed commit becomes the same
+    problem+json as if the responder had raised it) and runs the other middleware all the same.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], reads: sessionmaker[Session]) -> None:
-        self.sessions = sessions
-        self.reads = reads
+    def __init__(self, sessions: sessionmaker[Session], autocommit: sessionmaker[Session]) -> None:
+        self.sessions = Sessions.create(sessions, autocommit)
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        req.context.session = (self.reads if req.method in ("GET", "HEAD") else self.sessions)()
+        req.context.transaction = Transaction(self.sessions)
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any,
                          req_succeeded: bool) -> None:
-        session: Session | None = getattr(req.context, "session", None)
-        if session is None:
+        transaction: Transaction | None = getattr(req.context, "transaction", None)
+        if transaction is None:
             return
         try:
-            # A read's autocommit session has nothing to commit; closing returns its connection.
-            if req.method in ("GET", "HEAD"):
-                return
-            if req_succeeded:
-                session.commit()
-            else:
-                session.rollback()
+            try:
+                committed = transaction.end(req_succeeded)
+            except Exception:
+                # The responder may have named what it created; the failed commit did not create it.
+                resp.delete_header("Location")
+                raise
+            if committed:
+                transaction.run_hooks()
         finally:
-            session.close()
+            transaction.run_cleanups()
 
 
 class ResponseHeaders:

@@ -15,6 +15,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from models.kinds import KIND_NAMES
 from web import schemas as s
+from web.transactions import reads
 
 # Every job kind, from the registry; a kind added there appears in the document.
 JobKindName = Annotated[Literal[KIND_NAMES], Meta(description=(  # type: ignore[valid-type]
@@ -593,12 +594,14 @@ class OpenAPIDocument:
     def __init__(self) -> None:
         self.spec = msgspec.json.encode(build_spec())
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = "application/json"
         resp.data = self.spec
 
 
 class Docs:
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = "text/html; charset=utf-8"
         resp.text = _DOCS

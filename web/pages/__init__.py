@@ -26,6 +26,7 @@ from web.deps import Deps
 from web.errors import invalid
 from web.media import write_json
 from web.resources.common import get_competition
+from web.transactions import reads
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_ROUTE = "/static"
@@ -107,6 +108,7 @@ class LivePage:
         self.settings = deps.settings
         self.template = _template("live.html")
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         competition = get_competition(req.context.session, slug)
         theme = _theme(req, "dark")
@@ -130,6 +132,7 @@ class LiveStatus:
     countdown needs the server's clock, so the page asks every few seconds.
     """
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         session: Session = req.context.session
         competition = get_competition(session, slug)
@@ -163,6 +166,7 @@ class PlayPage:
         self.settings = deps.settings
         self.template = _template("play.html")
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         competition = get_competition(req.context.session, slug)
         theme = _theme(req, "light")

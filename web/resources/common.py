@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import logging
 import re
@@ -22,7 +23,8 @@ from web.auth import CompetitionRef, replay_may_see_token, team_token
 from web.deps import Deps
 from web.errors import Problem, check_slug, competition_not_found, invalid
 from web.media import write_json
-from web.waiter import JOB_VIEW_COLUMNS
+from web.transactions import after_commit, on_close
+from web.waiter import JOB_VIEW_COLUMNS, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -161,21 +163,21 @@ def accept_job(
     owner_hash: bytes,
     team_id: int | None,
     extra: dict[str, Any] | None = None,
-    session: Session | None = None,
     token_seed: bytes | None = None,
     registration_code: str | None = None,
     find_team: bool = False,
 ) -> None:
-    """Record the job, commit, enqueue, and answer 202 (or 200 if ``Prefer: wait`` was met).
+    """Record the job; once it is committed, enqueue it and answer 202 (or 200 if ``Prefer: wait``
+    was met). A replayed Idempotency-Key answers with the original job at once.
 
     ``competition`` is just a slug for a registration: the INSERT then finds the competition
     (and checks its registration code) itself, which saves a registration round trips.
     ``find_team``: the INSERT finds the team whose token hashes to ``owner_hash`` in
     ``competition`` itself (``team_id`` is ignored), or raises ``CallerUnknown``.
-    ``session`` defaults to the request's; team writes pass an autocommit session, as the job
-    row is the only thing they write.
+    Runs on the request's session: a team write declares ``@writes_one_statement``, as the job
+    row is the only thing it writes; an organiser's write is part of its ``@writes`` transaction.
     """
-    session = session or req.context.session
+    session: Session = req.context.session
     key = idempotency_key(req)
     wait = prefer_wait(req, deps.settings.max_wait_seconds)
     job_id = uuid.uuid4()
@@ -192,50 +194,55 @@ def accept_job(
     # Listening starts before the INSERT: once the row is committed, a consumer draining the
     # queue may finish the job before this thread would otherwise get to subscribe.
     ticket = deps.waiter.register(str(job_id)) if wait else None
-    try:
+    if ticket is not None:
+        # However the request ends: after the wait, or with a refused INSERT or a failed commit.
+        on_close(req, functools.partial(deps.waiter.release, ticket))
+    if isinstance(competition, str):
+        check_slug(competition)
+        inserted = session.scalar(_INSERT_REGISTRATION, {**values, "slug": competition, "token_seed": token_seed,
+                                                         "code": registration_code})
+    elif find_team:
+        inserted = session.scalar(_INSERT_TEAM_JOB, {**values, "competition_id": competition.id})
+    else:
+        inserted = session.scalar(_INSERT_JOB, {**values, "competition_id": competition.id})
+    if inserted is None:
         if isinstance(competition, str):
-            check_slug(competition)
-            inserted = session.scalar(_INSERT_REGISTRATION, {**values, "slug": competition, "token_seed": token_seed,
-                                                             "code": registration_code})
-        elif find_team:
-            inserted = session.scalar(_INSERT_TEAM_JOB, {**values, "competition_id": competition.id})
+            competition, existing = _replayed_registration(session, competition, key, registration_code)
+            # The token goes only to whoever knows a key nobody could guess; a replay of a short
+            # key gets the job without it, as it may come from another client.
+            extra = ({"teamToken": team_token(deps.settings, existing.token_seed)}
+                     if existing.token_seed is not None and replay_may_see_token(key) else None)
         else:
-            inserted = session.scalar(_INSERT_JOB, {**values, "competition_id": competition.id})
-        if inserted is None:
-            if isinstance(competition, str):
-                competition, existing = _replayed_registration(session, competition, key, registration_code)
-                # The token goes only to whoever knows a key nobody could guess; a replay of a short
-                # key gets the job without it, as it may come from another client.
-                extra = ({"teamToken": team_token(deps.settings, existing.token_seed)}
-                         if existing.token_seed is not None and replay_may_see_token(key) else None)
-            else:
-                existing = None if key is None else session.scalar(
-                    select(Job).where(Job.owner_hash == owner_hash, Job.idempotency_key == key))
-                if find_team and (existing is None or existing.competition_id != competition.id):
-                    raise CallerUnknown
-            if existing is None:
-                raise Problem(falcon.HTTP_409, "conflict", "Conflict",
-                              "the request conflicts with the current state; retry")
-            if existing.kind != kind or existing.payload != payload or existing.competition_id != competition.id:
-                raise invalid("Idempotency-Key", "this key was already used for a different request")
-            respond_with_job(resp, existing, extra=extra, replayed=True)
+            existing = None if key is None else session.scalar(
+                select(Job).where(Job.owner_hash == owner_hash, Job.idempotency_key == key))
+            if find_team and (existing is None or existing.competition_id != competition.id):
+                raise CallerUnknown
+        if existing is None:
+            raise Problem(falcon.HTTP_409, "conflict", "Conflict",
+                          "the request conflicts with the current state; retry")
+        if existing.kind != kind or existing.payload != payload or existing.competition_id != competition.id:
+            raise invalid("Idempotency-Key", "this key was already used for a different request")
+        respond_with_job(resp, existing, extra=extra, replayed=True)
+        return
+    # Nothing of the job is told before its row is committed: neither the broker nor the client.
+    after_commit(req, functools.partial(_announce_job, resp, deps, job_id, kind, queue, ticket, wait, extra))
+
+
+def _announce_job(resp: falcon.Response, deps: Deps, job_id: uuid.UUID, kind: str, queue: str,
+                  ticket: Ticket | None, wait: int, extra: dict[str, Any] | None) -> None:
+    """``accept_job``'s after-commit hook: enqueue the committed job and answer for it."""
+    failpoints.pause(deps.settings, "api-after-commit")
+    try:
+        enqueue(deps.producer, str(job_id), kind, queue)
+    except Exception:
+        # The job row is committed; the sweeper re-sends it once the broker is back.
+        log.exception("enqueue of job %s failed; the sweeper will re-send it", job_id)
+    if ticket is not None:
+        job = deps.waiter.wait(ticket, wait)
+        if job is not None:
+            resp.set_header("Preference-Applied", f"wait={wait}")
+            respond_with_job(resp, job, extra=extra, finished=True)
             return
-        session.commit()
-        failpoints.pause(deps.settings, "api-after-commit")
-        try:
-            enqueue(deps.producer, str(job_id), kind, queue)
-        except Exception:
-            # The job row is committed; the sweeper re-sends it once the broker is back.
-            log.exception("enqueue of job %s failed; the sweeper will re-send it", job_id)
-        if ticket is not None:
-            job = deps.waiter.wait(ticket, wait)
-            if job is not None:
-                resp.set_header("Preference-Applied", f"wait={wait}")
-                respond_with_job(resp, job, extra=extra, finished=True)
-                return
-    finally:
-        if ticket is not None:
-            deps.waiter.release(ticket)
     body = {"jobId": str(job_id), "status": "queued", "links": {"job": f"/api/v1/jobs/{job_id}"}}
     if extra:
         body.update(extra)

@@ -32,6 +32,7 @@ from web.media import read_body, write_json
 from web.ratelimit import too_many
 from web.resources.common import JOB_FOR_VIEW, CallerUnknown, accept_job, get_competition, next_cursor, page_params
 from web.schemas import BuyMysteryBox, ClaimQuestion, RegisterTeam, SubmitAnswer
+from web.transactions import reads, writes_one_statement
 
 
 def clean_name(text: str, field: str) -> str:
@@ -49,13 +50,9 @@ class Teams:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    @writes_one_statement
     def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         body = read_body(req, RegisterTeam, self.deps.settings.max_body_bytes)
-        with self.deps.autocommit() as session:
-            self._register(req, resp, session, slug, body)
-
-    def _register(self, req: falcon.Request, resp: falcon.Response, session: Session, slug: str,
-                  body: RegisterTeam) -> None:
         # The token comes from a seed drawn here, never from the request: a replayed
         # Idempotency-Key finds the original job and its seed (see accept_job).
         seed = new_token_seed()
@@ -70,13 +67,14 @@ class Teams:
             payload["registrationCode"] = body.registration_code
         accept_job(req, resp, self.deps, competition=slug, kind=REGISTER.name, queue=REGISTRATIONS,
                    payload=payload, owner_hash=token_hash(token), team_id=None, extra={"teamToken": token},
-                   session=session, token_seed=seed, registration_code=body.registration_code)
+                   token_seed=seed, registration_code=body.registration_code)
 
 
 class TeamMe:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         session: Session = req.context.session
         _, team = competition_and_team(req, session, slug)
@@ -128,9 +126,9 @@ _COMPETITION_IDS: dict[str, int] = {}
 class TeamWrite:
     """A team's write: authenticate, validate, record the job and enqueue it.
 
-    The hot path of a live round, so it runs on an autocommit session: two statements (the
-    competition and team lookup, the job INSERT), each one round trip, no BEGIN or COMMIT, and
-    no ORM entity loaded.
+    The hot path of a live round, so its responders declare ``@writes_one_statement``: at most two
+    statements (the competition and team lookup, the job INSERT), each one round trip, no BEGIN or
+    COMMIT, and no ORM entity loaded.
     """
 
     kind: JobKind
@@ -154,17 +152,17 @@ class TeamWrite:
         return True
 
     def write(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
-        with self.deps.autocommit() as session:
-            competition_id = _COMPETITION_IDS.get(slug)
-            token = bearer(req) if competition_id is not None else None
-            if competition_id is not None and token is not None and self.folds_lookup():
-                self._write_folded(req, resp, session, slug, CompetitionRef(competition_id), token)
-                return
-            competition, team = writer(req, session, slug)
-            _COMPETITION_IDS[slug] = competition.id
-            body = read_body(req, self.schema, self.deps.settings.max_body_bytes) if self.schema else None
-            self.check(team)
-            self._accept(req, resp, session, competition, body, team)
+        session: Session = req.context.session
+        competition_id = _COMPETITION_IDS.get(slug)
+        token = bearer(req) if competition_id is not None else None
+        if competition_id is not None and token is not None and self.folds_lookup():
+            self._write_folded(req, resp, session, slug, CompetitionRef(competition_id), token)
+            return
+        competition, team = writer(req, session, slug)
+        _COMPETITION_IDS[slug] = competition.id
+        body = read_body(req, self.schema, self.deps.settings.max_body_bytes) if self.schema else None
+        self.check(team)
+        self._accept(req, resp, competition, body, team)
 
     def _write_folded(self, req: falcon.Request, resp: falcon.Response, session: Session, slug: str,
                       competition: CompetitionRef, token: str) -> None:
@@ -176,21 +174,21 @@ class TeamWrite:
             writer(req, session, slug)
             raise
         try:
-            self._accept(req, resp, session, competition, body, None, token_hash(token))
+            self._accept(req, resp, competition, body, None, token_hash(token))
         except CallerUnknown:
             # Answers 401, 403 or 404 as the lookup-first path does; a team it does find means the
             # remembered competition id was stale, so the write goes through with the one it found.
             found, team = writer(req, session, slug)
             _COMPETITION_IDS[slug] = found.id
-            self._accept(req, resp, session, found, body, team)
+            self._accept(req, resp, found, body, team)
 
-    def _accept(self, req: falcon.Request, resp: falcon.Response, session: Session, competition: CompetitionRef,
-                body: Any, team: TeamRef | None, digest: bytes | None = None) -> None:
+    def _accept(self, req: falcon.Request, resp: falcon.Response, competition: CompetitionRef, body: Any,
+                team: TeamRef | None, digest: bytes | None = None) -> None:
         accept_job(req, resp, self.deps, competition=competition, kind=self.kind.name,
                    queue=self.kind.queue(self.deps.settings, competition.id, self.question(body)),
                    payload=self.payload(body),
                    owner_hash=team.token_hash if team is not None else digest or b"",
-                   team_id=team.id if team is not None else None, session=session, find_team=team is None)
+                   team_id=team.id if team is not None else None, find_team=team is None)
 
 
 class Claims(TeamWrite):
@@ -203,6 +201,7 @@ class Claims(TeamWrite):
     def payload(self, body: ClaimQuestion) -> dict[str, Any]:
         return {"questionId": body.question_id}
 
+    @writes_one_statement
     def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         self.write(req, resp, slug)
 
@@ -228,6 +227,7 @@ class Submissions(TeamWrite):
             if wrong >= limit:
                 raise too_many(reset, f"more than {limit} wrong answers this minute; wait before answering again")
 
+    @writes_one_statement
     def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         self.write(req, resp, slug)
 
@@ -239,6 +239,7 @@ class MysteryBoxes(TeamWrite):
     def payload(self, body: BuyMysteryBox) -> dict[str, Any]:
         return {"difficulty": body.difficulty}
 
+    @writes_one_statement
     def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         self.write(req, resp, slug)
 
@@ -246,6 +247,7 @@ class MysteryBoxes(TeamWrite):
 class CurrentMysteryBox(TeamWrite):
     kind = MYSTERY_FORFEIT
 
+    @writes_one_statement
     def on_delete(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         self.write(req, resp, slug)
 
@@ -254,6 +256,7 @@ class JobItem:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: uuid.UUID) -> None:
         session: Session = req.context.session
         token = bearer(req)
@@ -279,6 +282,7 @@ class Leaderboard:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         session: Session = req.context.session
         competition = get_competition(session, slug)

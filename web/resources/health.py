@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from models import metrics as shared
 from models.kinds import all_queues
@@ -18,9 +19,11 @@ from web.deps import Deps
 from web.errors import Problem
 from web.media import write_json
 from web.metrics import request_registry
+from web.transactions import reads
 
 
 class Healthz:
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         write_json(resp, {"status": "ok"})
 
@@ -29,6 +32,7 @@ class Readyz:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         checks = {}
         try:
@@ -60,6 +64,7 @@ class Metrics:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         # Queue depths and job counts tell an attacker how busy (and how attackable) the event is.
         token = bearer(req)
@@ -71,12 +76,12 @@ class Metrics:
                           "/metrics needs METRICS_TOKEN (or the organiser token) as a Bearer token",
                           headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collected(list(self._global()) + list(shared.collect(self.deps.redis,
-                                                                                settings.redis_prefix))))
+        families = [*self._global(req.context.session), *shared.collect(self.deps.redis, settings.redis_prefix)]
+        registry.register(_Collected(families))
         resp.content_type = CONTENT_TYPE_LATEST
         resp.data = generate_latest(request_registry(settings.prometheus_multiproc_dir)) + generate_latest(registry)
 
-    def _global(self) -> Iterator[Metric]:
+    def _global(self, session: Session) -> Iterator[Metric]:
         # Families, not Gauge objects: in multiprocess mode a Gauge would write files of its own.
         jobs = GaugeMetricFamily("quiz_jobs", "Jobs by status", labels=["status"])
         queues = all_queues(self.deps.settings)
@@ -84,10 +89,9 @@ class Metrics:
                                     "(the backlog in PostgreSQL)", labels=["queue"])
         oldest = GaugeMetricFamily("quiz_queue_oldest_job_age_seconds", "Age of the oldest job not yet taken, per "
                                    "queue; 0 when none waits", labels=["queue"])
-        with self.deps.sessions() as session:
-            for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
-                jobs.add_metric([status], count)
-            rows = {queue: (count, age) for queue, count, age in session.execute(_WAITING)}
+        for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
+            jobs.add_metric([status], count)
+        rows = {queue: (count, age) for queue, count, age in session.execute(_WAITING)}
         for queue in queues:
             count, age = rows.get(queue, (0, 0.0))
             waiting.add_metric([queue], count)

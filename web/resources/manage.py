@@ -25,6 +25,7 @@ from web.resources.common import accept_job, get_competition, next_cursor, page_
 from web.resources.game import Teams, clean_name
 from web.resources.organiser import audit, question_admin_view
 from web.schemas import AdjustPoints, NewQuestion, QuestionPatch, TeamPatch
+from web.transactions import reads, writes
 
 
 def _admin(req: falcon.Request, deps: Deps, slug: str) -> tuple[Session, str, Competition]:
@@ -126,6 +127,7 @@ def standings(session: Session, competition: Competition, limit: int | None = No
 class TeamCollection(Teams):
     """POST registers a team (``game.Teams``); GET lists teams for organisers."""
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         session, _, competition = _admin(req, self.deps, slug)
         limit, offset = page_params(req)
@@ -137,12 +139,14 @@ class TeamItem:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str, team_id: str) -> None:
         session, _, competition = _admin(req, self.deps, slug)
         team = _get_team(session, competition, _team_id(team_id))
         row = next(r for r in standings(session, competition) if r["teamId"] == team.id)
         write_json(resp, row)
 
+    @writes
     def on_patch(self, req: falcon.Request, resp: falcon.Response, slug: str, team_id: str) -> None:
         session, _, competition = _admin(req, self.deps, slug)
         team = _get_team(session, competition, _team_id(team_id))
@@ -162,6 +166,7 @@ class Adjustments:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    @writes
     def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str, team_id: str) -> None:
         session, _, competition = _admin(req, self.deps, slug)
         team = _get_team(session, competition, _team_id(team_id))
@@ -196,11 +201,13 @@ class QuestionItem:
             raise Problem(falcon.HTTP_404, "question-not-found", "Question not found", f"there is no question {code!r}")
         return question
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str, code: str) -> None:
         session, _, competition = _admin(req, self.deps, slug)
         question = self._get(session, competition, code)
         write_json(resp, question_admin_view(question, _question_in_use(session, question)))
 
+    @writes
     def on_patch(self, req: falcon.Request, resp: falcon.Response, slug: str, code: str) -> None:
         session, actor, competition = _admin(req, self.deps, slug)
         question = self._get(session, competition, code, lock=True)
@@ -221,6 +228,7 @@ class QuestionItem:
         audit(session, actor, "question.update", competition.id, f"question:{code}", before, after)
         write_json(resp, after)
 
+    @writes
     def on_delete(self, req: falcon.Request, resp: falcon.Response, slug: str, code: str) -> None:
         session, actor, competition = _admin(req, self.deps, slug)
         question = self._get(session, competition, code, lock=True)
@@ -295,6 +303,7 @@ class QuestionImport:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    @writes
     def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         session, actor, competition = _admin(req, self.deps, slug)
         limit = self.deps.settings.max_body_bytes * 64
@@ -357,6 +366,7 @@ class QuestionExport:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         session, _, competition = _admin(req, self.deps, slug)
         fmt = _format(req)
@@ -374,6 +384,7 @@ class Results:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         session, _, competition = _admin(req, self.deps, slug)
         rows = standings(session, competition)
@@ -388,6 +399,7 @@ class Ledger:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         session, _, competition = _admin(req, self.deps, slug)
         query = (
@@ -422,6 +434,7 @@ class AuditLog:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         session, _, competition = _admin(req, self.deps, slug)
         limit, offset = page_params(req)
@@ -451,6 +464,7 @@ class ClaimItem:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    @writes
     def on_delete(self, req: falcon.Request, resp: falcon.Response, slug: str, code: str) -> None:
         session, _, competition = _admin(req, self.deps, slug)
         check_code(code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import falcon
@@ -20,6 +21,7 @@ from web.media import read_body, write_json
 from web.resources.common import get_competition, next_cursor, page_params
 from web.resources.game import board_view
 from web.schemas import CompetitionSettings, CreateCompetition, NewQuestion, NewQuestions, UpdateCompetition
+from web.transactions import after_commit, reads, writes
 
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     "draft": ("open",),
@@ -92,6 +94,7 @@ class Competitions:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    @writes
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         session: Session = req.context.session
         actor = require_admin(req, session, self.deps.settings.admin_token)
@@ -113,6 +116,7 @@ class Competitions:
         resp.location = f"/api/v1/competitions/{competition.slug}"
         write_json(resp, view, falcon.HTTP_201)
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         session: Session = req.context.session
         require_admin(req, session, self.deps.settings.admin_token)
@@ -126,9 +130,11 @@ class CompetitionItem:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         write_json(resp, competition_view(get_competition(req.context.session, slug)))
 
+    @writes
     def on_patch(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         session: Session = req.context.session
         actor = require_admin(req, session, self.deps.settings.admin_token)
@@ -159,20 +165,20 @@ class CompetitionItem:
         session.flush()
         after = competition_view(competition)
         audit(session, actor, "competition.update", competition.id, slug, before, after)
-        session.commit()
         stamp = iso(now)
         if competition.state != old_state:
-            events.emit(self.deps.sio, events.CompetitionState(competition=slug, at=stamp, state=competition.state),
-                        room=[competition_room(slug), organisers_room(slug)])
+            changed = events.CompetitionState(competition=slug, at=stamp, state=competition.state)
+            after_commit(req, functools.partial(events.emit, self.deps.sio, changed,
+                                                room=[competition_room(slug), organisers_room(slug)]))
         # Realtime servers cache competition settings; tell them what changed.
-        self.deps.live.publish_change(events.CompetitionSettings(
+        after_commit(req, functools.partial(self.deps.live.publish_change, events.CompetitionSettings(
             competition=slug,
             competition_id=competition.id,
             at=stamp,
             state=competition.state,
             leaderboard_size=competition.leaderboard_size,
             freeze_at=iso(competition.freeze_at) if competition.freeze_at else None,
-        ))
+        )))
         write_json(resp, after)
 
 
@@ -226,6 +232,7 @@ class Questions:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    @reads
     def on_get(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         session: Session = req.context.session
         competition = get_competition(session, slug)
@@ -243,6 +250,7 @@ class Questions:
         items = [view(r.Question, r.claimed) for r in rows]
         write_json(resp, {"items": items, "nextCursor": next_cursor(offset, limit, len(items))})
 
+    @writes
     def on_post(self, req: falcon.Request, resp: falcon.Response, slug: str) -> None:
         session: Session = req.context.session
         actor = require_admin(req, session, self.deps.settings.admin_token)
