@@ -43,18 +43,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        # One message at a time per consumer: a killed worker held one message at most, and its
-        # job (a row in PostgreSQL) is applied by whoever takes the queue next.
+        # One message at a time per consumer: with acks_late, a killed worker's message is
+        # redelivered, and its job (a row in PostgreSQL) is applied by whoever takes the queue next.
         "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
-            # No unacked bookkeeping (a MULTI to record each message taken, another to drop it at
-            # its ack): a job's row is the truth, not its message. A consumer that dies holding a
-            # message leaves its job queued in PostgreSQL, and the consumer that takes the queue
-            # next applies it when it starts (``drain``); a message lost any other way is re-sent by
-            # the sweeper.
-            "ack_emulation": False,
+            # A job's row is the truth; if a message is not acked in this time (worker hung
+            # or killed) Redis redelivers it and the worker finds the job done or redoes it.
+            "visibility_timeout": 300,
             "socket_timeout": 5,
             "socket_connect_timeout": 5,
         },
