@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, bindparam, exists, func, literal_column, select, text, union_all, update
+from sqlalchemy import Engine, bindparam, exists, func, literal_column, select, union_all, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -355,19 +355,23 @@ def _send_created_jobs(ctx: WorkerContext, announcements: list[Announcement]) ->
 # The batch's last statement. ``finished_at`` is stamped here, right before the COMMIT that makes
 # the result visible, and not when the rule ran: the outcomes of a batch all become readable at
 # once, so a job's finish is never reported earlier than anyone can read it.
-# ``j.id = ANY(:ids)`` repeats the join's ids for the planner: without it, the plan psycopg
-# prepares after a few runs (a generic plan, which guesses 100 rows from the function) joined by
-# hashing and read the whole jobs table for every batch, a cost that grew with every job ever
-# recorded (a batch took 0.8 ms at 2,000 jobs in the table and 5 ms at 16,000).
-_FINISH_JOBS = text("""
+#
+# Sent unprepared, so PostgreSQL plans it for each batch with the table as it is then. Prepared
+# (psycopg prepares a statement after its fifth run), the plan made while the jobs table was still
+# nearly empty is kept for the connection's life: it read the whole table for every batch (a hash
+# join, or a scan filtered by ``id = ANY``), a cost that grew with every job recorded (the
+# database's CPU per job doubled over three 30 s register-and-claim runs; 3,073 scans reading
+# 41.5 million rows in two). Nothing re-plans it where autovacuum is off, as on the benchmark's
+# machine; planning it afresh costs less than one such scan of a few thousand rows.
+_FINISH_JOBS = """
 UPDATE jobs AS j
    SET status = v.status, result = v.result, error = v.error, attempts = v.attempts,
        started_at = v.started_at, team_id = COALESCE(v.team_id, j.team_id), finished_at = clock_timestamp()
-  FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(id uuid, status text, result jsonb, error jsonb,
-                                                     attempts int, started_at timestamptz, team_id bigint)
- WHERE j.id = v.id AND j.id = ANY(CAST(:ids AS uuid[]))
+  FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS v(id uuid, status text, result jsonb, error jsonb,
+                                                        attempts int, started_at timestamptz, team_id bigint)
+ WHERE j.id = v.id AND j.id = ANY(%(ids)s)
 RETURNING j.id, j.finished_at
-""")
+"""
 
 
 def _write_jobs(session: Session, done: list[dict[str, Any]], jobs: dict[uuid.UUID, Job]) -> None:
@@ -382,8 +386,13 @@ def _write_jobs(session: Session, done: list[dict[str, Any]], jobs: dict[uuid.UU
         {**row, "id": str(row["id"]), "started_at": iso(row["started_at"])} for row in finished
     ])
     ids = [row["id"] for row in finished]
-    for job_id, finished_at in session.execute(_FINISH_JOBS, {"rows": rows, "ids": ids}):
-        set_committed_value(jobs[job_id], "finished_at", finished_at)
+    # psycopg's own cursor on the session's connection (in its transaction): SQLAlchemy has no way
+    # to ask for one statement unprepared.
+    driver = session.connection().connection.driver_connection
+    with driver.cursor() as cursor:
+        cursor.execute(_FINISH_JOBS, {"rows": rows, "ids": ids}, prepare=False)
+        for job_id, finished_at in cursor.fetchall():
+            set_committed_value(jobs[job_id], "finished_at", finished_at)
 
 
 def fail_job(ctx: WorkerContext, job_id: uuid.UUID, code: str, message: str) -> None:

@@ -504,3 +504,27 @@ def test_the_sweeper_moves_a_job_off_a_queue_no_consumer_takes(
     row = db.jobs([job_id])[job_id]
     assert (row.queue, row.status) == (board_queue(settings, competition_id, "Q1"), "succeeded")
     assert row.result["questionId"] == "Q1"
+
+
+def test_the_batch_finish_is_planned_afresh_for_every_batch(
+        db: Db, competition: dict[str, Any], worker_context: WorkerContext) -> None:
+    """A plan prepared while the jobs table was small would be kept for the connection's life and
+    read the whole table for every later batch; the finish is never prepared."""
+    competition_id = db.competition(competition["slug"]).id
+    queue = unique("registrations")  # a queue no real consumer reads
+    for i in range(8):  # psycopg prepares what runs five times
+        job_id = insert_job(db, competition_id=competition_id, kind="register", queue=queue,
+                            token=f"prepared-{uuid.uuid4().hex}",
+                            payload={"teamName": f"Prepared {i}", "members": [], "email": None}, team_id=None)
+        assert run_job(worker_context, uuid.UUID(job_id)) == "succeeded"
+    prepared: list[str] = []
+    # Every pooled connection the consumer's batches ran on (the pool hands the same ones back).
+    connections = [worker_context.engine.connect() for _ in range(worker_context.engine.pool.size())]
+    try:
+        for connection in connections:
+            prepared += connection.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars().all()
+    finally:
+        for connection in connections:
+            connection.close()
+    assert any("jobs" in statement for statement in prepared), prepared  # the batch's take is prepared
+    assert not [s for s in prepared if "UPDATE jobs AS j" in s], prepared
