@@ -358,9 +358,12 @@ class Coalescer:
             changes, state.changes = state.changes, []
             board, state.board = state.board, []
             if not force and not self._audience(state.info.slug):
-                # Nobody here to tell: no reads, no events. A client connecting meanwhile must
-                # still retake a snapshot read before this news (see ``connect``).
+                # Nobody here to tell: no events, and of the reads only the board's mark (a board
+                # lost with Redis is rebuilt now, as a broadcast would, not at the next reader). A
+                # client connecting meanwhile must still retake a snapshot read before this news
+                # (see ``connect``).
                 state.sent += 1
+                self.directory.ensure_board(state.info.id, self.live)
                 return
             # Two workers can finish jobs of one team moments apart and publish in the other
             # order; their commit times put the team's changes back in the order they happened.
