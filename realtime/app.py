@@ -363,6 +363,8 @@ class Coalescer:
                 # client connecting meanwhile must still retake a snapshot read before this news
                 # (see ``connect``).
                 state.sent += 1
+                # Spaced like broadcasts: news arrives per batch, many times a second.
+                state.last_emit = time.monotonic()
                 self.directory.ensure_board(state.info.id, self.live)
                 return
             # Two workers can finish jobs of one team moments apart and publish in the other
