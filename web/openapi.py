@@ -483,6 +483,7 @@ _PROBLEM_TEXT = {
     405: "Method not allowed",
     409: "Conflicts with the current state",
     413: "Body over the size limit",
+    414: "Request line (path and query string) over the server's limit of 4,094 bytes",
     415: "Body is not JSON (or CSV for imports)",
     422: "The body failed validation; errors[] names each field",
     429: "Rate limited (writes, reads or registrations); see Retry-After",
@@ -525,7 +526,8 @@ def build_spec() -> dict[str, Any]:
                         entry["headers"] = {"Location": {"schema": {"type": "string"},
                                                          "description": "The job's URL"}}
                 responses[str(status)] = entry
-            statuses = {400, 404, 405, 503} | set(op["problems"])
+            # 414 comes from gunicorn itself, before any route: every operation can answer it.
+            statuses = {400, 404, 405, 414, 503} | set(op["problems"])
             if op["body"] is not None:
                 statuses |= {413, 415, 422}
             if IDEMPOTENCY in op["params"]:

@@ -77,6 +77,10 @@ schema = schemathesis.openapi.from_dict(
             "with-security-parameters": False,
         },
         "parameters": {"slug": FUZZ_SLUG},
+        # An over-long query string is refused by gunicorn with 414 before the app sees it.
+        # (schemathesis's own list, with 414 added.)
+        "checks": {"negative_data_rejection": {"expected-statuses": [
+            "400", "401", "403", "404", "405", "406", "409", "414", "415", "422", "428", "429", "5xx"]}},
     }),
 )
 
