@@ -54,3 +54,12 @@ class Deps:
             ),
             sio=socketio.RedisManager(settings.redis_url, channel=live.socketio_channel, write_only=True),
         )
+
+    def close(self) -> None:
+        """Close every connection these dependencies opened (an app built in-process, in tests)."""
+        self.engine.dispose()
+        self.redis.close()
+        self.waiter._redis.close()
+        if self.sio.redis is not None:
+            self.sio.redis.close()
+        self.producer.close()

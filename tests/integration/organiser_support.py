@@ -118,12 +118,7 @@ def in_process_app(settings: Settings, **overrides: Any) -> Iterator[falcon.test
     try:
         yield falcon.testing.TestClient(create_app(deps.settings, deps))
     finally:
-        deps.engine.dispose()
-        deps.redis.close()
-        deps.waiter._redis.close()
-        if deps.sio.redis is not None:
-            deps.sio.redis.close()
-        deps.producer.close()
+        deps.close()
 
 
 def wait_for_window_start(window: int, within: float = 0.5) -> None:

@@ -69,12 +69,7 @@ def in_process(settings: Settings) -> Iterator[InProcess]:
     try:
         yield InProcess(falcon.testing.TestClient(app), deps, app)
     finally:
-        deps.engine.dispose()
-        deps.redis.close()
-        deps.waiter._redis.close()
-        if deps.sio.redis is not None:
-            deps.sio.redis.close()
-        deps.producer.close()
+        deps.close()
 
 
 @pytest.fixture
